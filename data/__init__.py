@@ -1,0 +1,1 @@
+"""data stage of kbsim (not yet implemented: see the issues)."""

@@ -1,0 +1,1 @@
+"""eval stage of kbsim (not yet implemented: see the issues)."""

@@ -1,0 +1,1 @@
+"""federated stage of kbsim (not yet implemented: see the issues)."""

@@ -1,0 +1,1 @@
+"""models stage of kbsim (not yet implemented: see the issues)."""
