@@ -1,0 +1,335 @@
+"""Simulator throughput: kbsim against nlpaug and kebbie on the same 20,000 chat messages.
+
+    python benchmarks/bench_simulate.py [--json results.json]
+
+Runs in kbsim's environment (with the `corpus` extra for the messages). In one run, on one input
+file, it times:
+
+* kbsim's Python API in a subprocess pinned to one core (`raw` preset: full touch model, every
+  error channel, edits as provenance), timing only the `simulate` call; once more with every
+  keystroke's touch point returned as well;
+* the `kbsim simulate` command with `--workers 1` and `--workers 2`, end to end (start-up,
+  reading, simulating, writing), not pinned;
+* `nlpaug.augmenter.char.KeyboardAug()` and kebbie's `NoiseModel(lang="en-US", common_typos={})`
+  in their own virtual environment (`.venv-peers`, built on first use by `peers.py`), each in a
+  subprocess pinned to one core, timing only its processing loop.
+
+Each figure is the best of `--repeat` runs (machines are noisy; the best run is the one least
+disturbed). Rates count the input's characters (Unicode code points) and messages. Results are
+printed as a Markdown table, with the ratios the project's goals are stated in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+
+from _timing import single_thread_env
+from peers import DEFAULT_VENV, ensure_peer_venv, time_peer
+from workload import DEFAULT_MESSAGES, write_workload
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+
+# The goals set for the simulator (issue 2, "Fast").
+GOAL_VS_KEBBIE = 25.0  # kbsim chars/s at least 25x kebbie's, on the same run
+GOAL_VS_NLPAUG = 1.0  # and ahead of nlpaug
+GOAL_WORKERS = 1.7  # `--workers 2` at least 1.7x the `--workers 1` rate
+
+
+def kbsim_command() -> list[str]:
+    """How to call the `kbsim` console command of the running environment."""
+    script = Path(sys.executable).parent / "kbsim"
+    if script.exists():
+        return [str(script)]
+    found = shutil.which("kbsim")
+    if found:
+        return [found]
+    return [sys.executable, "-c", "import sys; from kbsim.cli import main; sys.exit(main())"]
+
+
+def time_kbsim_api(workload: Path, repeat: int, touches: bool) -> dict:
+    cmd = [sys.executable, str(HERE / "run_kbsim.py"), str(workload), str(repeat)]
+    if touches:
+        cmd.append("--touches")
+    proc = subprocess.run(cmd, env=single_thread_env(), capture_output=True, text=True, cwd=ROOT)
+    if proc.returncode != 0:
+        raise RuntimeError(f"kbsim API run failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout)
+
+
+def time_kbsim_cli(
+    workload: Path, workdir: Path, repeat: int, workers: tuple[int, ...], n_messages: int
+) -> dict[int, dict]:
+    """End-to-end wall time of `kbsim simulate`, the worker counts interleaved on each pass."""
+    results = {w: {"seconds": []} for w in workers}
+    env = single_thread_env()  # each worker one thread; parallelism only from --workers
+    for _ in range(repeat):
+        for w in workers:
+            out = workdir / f"cli-workers{w}.jsonl"
+            out.unlink(missing_ok=True)
+            cmd = [
+                *kbsim_command(),
+                "simulate",
+                "--input",
+                str(workload),
+                "--output",
+                str(out),
+                "--workers",
+                str(w),
+                "--seed",
+                "0",
+            ]
+            t0 = time.perf_counter()
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=workdir)
+            seconds = time.perf_counter() - t0
+            if proc.returncode != 0:
+                raise RuntimeError(
+                    f"{' '.join(cmd)} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}"
+                )
+            results[w]["seconds"].append(seconds)
+            results[w]["command"] = " ".join(["kbsim", *cmd[len(kbsim_command()) :]])
+    for w in workers:
+        data = (workdir / f"cli-workers{w}.jsonl").read_bytes()
+        results[w]["records"] = data.count(b"\n")
+        results[w]["output_bytes"] = len(data)
+        if results[w]["records"] != n_messages:
+            raise RuntimeError(
+                f"--workers {w} wrote {results[w]['records']} records for {n_messages} messages"
+            )
+    # Determinism check that comes for free: the worker count must not change the output.
+    outputs = {(workdir / f"cli-workers{w}.jsonl").read_bytes() for w in workers}
+    for w in workers:
+        results[w]["identical_across_workers"] = len(outputs) == 1
+    return results
+
+
+def rates(result: dict, n_messages: int, n_chars: int) -> dict:
+    best = min(result["seconds"])
+    return {
+        **result,
+        "best_seconds": best,
+        "messages_per_s": n_messages / best,
+        "chars_per_s": n_chars / best,
+    }
+
+
+def machine() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
+    except OSError:
+        commit = ""
+    return {
+        "cpu": cpu,
+        "cores_usable": len(os.sched_getaffinity(0)),
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "os": platform.platform(),
+        "commit": commit,
+    }
+
+
+def table(rows: list[tuple[str, dict]]) -> str:
+    lines = [
+        "| tool | messages/s | chars/s | best of runs (s) | messages changed |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, r in rows:
+        changed = f"{100 * r['changed']:.0f}%" if "changed" in r else "-"
+        lines.append(
+            f"| {name} | {r['messages_per_s']:,.0f} | {r['chars_per_s']:,.0f} | "
+            f"{r['best_seconds']:.2f} of {len(r['seconds'])} | {changed} |"
+        )
+    return "\n".join(lines)
+
+
+def goals(results: dict) -> list[dict]:
+    out = []
+    api = results.get("kbsim_api")
+
+    def add(name: str, value: float, goal: float, strict: bool) -> None:
+        met = value > goal if strict else value >= goal
+        out.append({"name": name, "value": value, "goal": goal, "strict": strict, "met": met})
+
+    if api and "kebbie" in results:
+        add(
+            "kbsim API / kebbie (chars/s)",
+            api["chars_per_s"] / results["kebbie"]["chars_per_s"],
+            GOAL_VS_KEBBIE,
+            False,
+        )
+    if api and "nlpaug" in results:
+        add(
+            "kbsim API / nlpaug (chars/s)",
+            api["chars_per_s"] / results["nlpaug"]["chars_per_s"],
+            GOAL_VS_NLPAUG,
+            True,
+        )
+    if "kbsim_cli_w1" in results and "kbsim_cli_w2" in results:
+        add(
+            "kbsim CLI --workers 2 / --workers 1",
+            results["kbsim_cli_w2"]["chars_per_s"] / results["kbsim_cli_w1"]["chars_per_s"],
+            GOAL_WORKERS,
+            False,
+        )
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument(
+        "--messages",
+        type=int,
+        default=DEFAULT_MESSAGES,
+        help="messages in the workload (default: %(default)s)",
+    )
+    ap.add_argument("--repeat", type=int, default=3, help="runs per tool; the best counts")
+    ap.add_argument("--json", type=Path, metavar="PATH", help="also write the results here")
+    ap.add_argument(
+        "--workdir",
+        type=Path,
+        help="keep the workload and the CLI's outputs here (default: a temp dir)",
+    )
+    ap.add_argument(
+        "--peer-venv",
+        type=Path,
+        default=DEFAULT_VENV,
+        help="the peers' virtual environment (default: %(default)s)",
+    )
+    ap.add_argument("--no-kbsim", action="store_true", help="skip kbsim's API runs")
+    ap.add_argument("--no-cli", action="store_true", help="skip the `kbsim simulate` runs")
+    ap.add_argument("--no-peers", action="store_true", help="skip nlpaug and kebbie")
+    args = ap.parse_args(argv)
+    if args.repeat < 1 or args.messages < 1:
+        ap.error("--repeat and --messages must be at least 1")
+
+    peer_python = None if args.no_peers else ensure_peer_venv(args.peer_venv, quiet=True)
+    tmp = None
+    if args.workdir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="kbsim-bench-")
+        workdir = Path(tmp.name)
+    else:
+        workdir = args.workdir.resolve()
+        workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        workload_path = workdir / "messages.txt"
+        workload = write_workload(workload_path, args.messages)
+        n, chars = workload["messages"], workload["chars"]
+        log = sys.stderr
+        print(
+            f"workload: {n:,} messages, {chars:,} chars ({workload['corpus']}), "
+            f"best of {args.repeat}",
+            file=log,
+            flush=True,
+        )
+
+        results: dict[str, dict] = {}
+        rows: list[tuple[str, dict]] = []
+
+        def record(key: str, name: str, result: dict) -> None:
+            results[key] = rates(result, n, chars)
+            rows.append((name, results[key]))
+            print(f"  {name}: {results[key]['chars_per_s']:,.0f} chars/s", file=log, flush=True)
+
+        if not args.no_kbsim:
+            record(
+                "kbsim_api",
+                "kbsim, Python API, 1 core",
+                time_kbsim_api(workload_path, args.repeat, touches=False),
+            )
+            record(
+                "kbsim_api_touches",
+                "kbsim, Python API, 1 core, + touch points",
+                time_kbsim_api(workload_path, args.repeat, touches=True),
+            )
+        if not args.no_cli:
+            cli = time_kbsim_cli(workload_path, workdir, args.repeat, (1, 2), n)
+            record("kbsim_cli_w1", "kbsim CLI `--workers 1`, end to end", cli[1])
+            record("kbsim_cli_w2", "kbsim CLI `--workers 2`, end to end", cli[2])
+        if peer_python is not None:
+            record(
+                "nlpaug",
+                "nlpaug `KeyboardAug()`, 1 core",
+                time_peer(peer_python, "nlpaug", workload_path, args.repeat),
+            )
+            record(
+                "kebbie",
+                "kebbie `NoiseModel`, 1 core",
+                time_peer(peer_python, "kebbie", workload_path, args.repeat),
+            )
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+
+    checks = goals(results)
+    info = machine()
+    when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    print(
+        f"\n{n:,} chat messages, {chars:,} chars; best of {args.repeat}; {when}; "
+        f"{info['cpu']}, {info['cores_usable']} cores usable\n"
+    )
+    print(table(rows))
+    if checks:
+        print("\n| ratio | measured | goal | |\n|---|---:|---:|---|")
+        for c in checks:
+            op = ">" if c["strict"] else ">="
+            print(
+                f"| {c['name']} | {c['value']:.2f}x | {op} {c['goal']:g}x | "
+                f"{'met' if c['met'] else 'MISSED'} |"
+            )
+    if "kbsim_cli_w1" in results and not results["kbsim_cli_w1"]["identical_across_workers"]:
+        print("\nWARNING: `--workers 1` and `--workers 2` wrote different bytes")
+
+    if args.json:
+        versions = {}
+        for dist in ("kbsim", "numpy"):
+            try:
+                versions[dist] = metadata.version(dist)
+            except metadata.PackageNotFoundError:
+                pass
+        for key in ("nlpaug", "kebbie"):
+            if key in results:
+                versions[key] = results[key]["version"]
+                versions["numpy (peers env)"] = results[key]["numpy"]
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(
+            json.dumps(
+                {
+                    "date": when,
+                    "machine": info,
+                    "versions": versions,
+                    "workload": workload,
+                    "repeat": args.repeat,
+                    "results": results,
+                    "goals": checks,
+                },
+                indent=2,
+                ensure_ascii=False,
+            )
+            + "\n"
+        )
+        print(f"\nresults written to {args.json}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+"""Times kbsim's Python API on the workload, on one core; prints one JSON object on stdout.
+
+Runs in kbsim's environment. Usage: `python run_kbsim.py WORKLOAD [REPEAT] [--touches]`.
+What is timed is the `simulate` call alone (engine set-up included, file reading not): the
+`raw` preset, en-US layout, the full touch model and every error channel, with each pair's edits
+as provenance (and every keystroke's touch point too with `--touches`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from importlib import metadata
+
+from _timing import THREAD_VARS, best_of, changed_fraction, pin_to_one_core, read_lines
+
+for _var in THREAD_VARS:  # before numpy is imported
+    os.environ[_var] = "1"
+
+
+def main(argv: list[str]) -> None:
+    touches = "--touches" in argv
+    args = [a for a in argv if a != "--touches"]
+    path = args[0]
+    repeat = int(args[1]) if len(args) > 1 else 3
+    core = pin_to_one_core()
+    messages = read_lines(path)
+
+    from keyboard_sim.simulate import simulate
+
+    def run():
+        return simulate(messages, profile="raw", layout="en-US", seed=0, touches=touches)
+
+    times, pairs = best_of(repeat, run)
+    noisy = [p.noisy for p in pairs]
+    json.dump(
+        {
+            "tool": "kbsim",
+            "version": metadata.version("kbsim"),
+            "numpy": metadata.version("numpy"),
+            "core": core,
+            "touches": touches,
+            "messages": len(messages),
+            "chars": sum(len(m) for m in messages),
+            "seconds": times,
+            "changed": changed_fraction(messages, noisy),
+            "edits_per_message": sum(len(p.edits) for p in pairs) / max(1, len(pairs)),
+            "example": [messages[1], noisy[1]],
+        },
+        sys.stdout,
+    )
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
