@@ -146,6 +146,8 @@ def machine() -> dict:
         "python": platform.python_version(),
         "os": platform.platform(),
         "commit": commit,
+        # Other work on the machine slows every figure; this shows whether there was any.
+        "load_average_1_5_15min": list(os.getloadavg()),
     }
 
 
@@ -223,6 +225,13 @@ def main(argv: list[str] | None = None) -> None:
     if args.repeat < 1 or args.messages < 1:
         ap.error("--repeat and --messages must be at least 1")
 
+    info = machine()  # before any work, so that the load average is other programs'
+    if info["load_average_1_5_15min"][0] > 0.5:
+        print(
+            f"warning: load average {info['load_average_1_5_15min'][0]:.2f} before the run; "
+            "other programs may slow the figures",
+            file=sys.stderr,
+        )
     peer_python = None if args.no_peers else ensure_peer_venv(args.peer_venv, quiet=True)
     tmp = None
     if args.workdir is None:
@@ -282,11 +291,11 @@ def main(argv: list[str] | None = None) -> None:
             tmp.cleanup()
 
     checks = goals(results)
-    info = machine()
     when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     print(
         f"\n{n:,} chat messages, {chars:,} chars; best of {args.repeat}; {when}; "
-        f"{info['cpu']}, {info['cores_usable']} cores usable\n"
+        f"{info['cpu']}, {info['cores_usable']} cores usable, "
+        f"load {info['load_average_1_5_15min'][0]:.2f} at start\n"
     )
     print(table(rows))
     if checks:

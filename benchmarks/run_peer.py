@@ -33,7 +33,9 @@ def nlpaug_runner(messages: list[str]):
         out = []
         for text in messages:
             noisy = aug.augment(text)  # nlpaug >= 1.1.11 returns a list of augmentations
-            out.append(noisy[0] if isinstance(noisy, list) else noisy)
+            if isinstance(noisy, list):
+                noisy = noisy[0] if noisy else text
+            out.append(noisy)
         return out
 
     return run
@@ -92,6 +94,8 @@ def main(argv: list[str]) -> None:
     messages = read_lines(path)
     run = RUNNERS[tool](messages)
     times, noisy = best_of(repeat, run)
+    # kebbie re-joins words with single spaces; do not count that as noise.
+    clean = [" ".join(m.split()) for m in messages] if tool == "kebbie" else messages
     json.dump(
         {
             "tool": tool,
@@ -101,7 +105,7 @@ def main(argv: list[str]) -> None:
             "messages": len(messages),
             "chars": sum(len(m) for m in messages),
             "seconds": times,
-            "changed": changed_fraction(messages, noisy),
+            "changed": changed_fraction(clean, noisy),
             "example": [messages[1], noisy[1]],
         },
         sys.stdout,
