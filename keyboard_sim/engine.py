@@ -1,0 +1,488 @@
+"""The noise engine: turns a batch of clean texts into pairs, vectorised over the whole batch.
+
+Two stages, both drawn from counter-based random numbers keyed by (record, position), so a
+record's output is the same whatever batch it is in:
+
+A. Habits and cognition on the clean text: misspelled and confused words, dropped apostrophes,
+   punctuation, capitals and accents. The result is what the typist means to type.
+B. Typing it: each character costs its taps (layer switches, shift, the key, long presses);
+   each tap lands according to the touch model and is decoded to the key under it; motor slips
+   (omissions, double taps, neighbour touches, transpositions, space-bar misses) come on top.
+
+Each unit of text takes at most one edit, so edits never overlap. Every edit is recorded with
+its type and spans in both strings when it is made; nothing is recovered by diffing.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from keyboard_sim import rng
+from keyboard_sim.channels import Channel
+from keyboard_sim.layout import Layout
+from keyboard_sim.lexicon import Lexicon, load_lexicon, match_case
+from keyboard_sim.pair import Edit, Pair, Touch
+from keyboard_sim.profile import TypistProfile
+from keyboard_sim.touch import digits, tap_spread
+from keyboard_sim.unicode_tables import APOSTROPHES, PUNCTUATION, lookup, tables
+
+CHANNELS = list(Channel)
+CODE = {c: i for i, c in enumerate(CHANNELS)}
+STREAM_HABIT, STREAM_SLIP, STREAM_TOUCH = 1, 2, 3
+_APOS = np.array([ord(c) for c in APOSTROPHES], dtype=np.uint32)
+_PUNCT = np.array([ord(c) for c in PUNCTUATION], dtype=np.uint32)
+_SPACE = np.uint32(32)
+# Per-character habit channels, in priority order (one uniform partitioned among them).
+_HABITS = (Channel.DROP_APOSTROPHE, Channel.DROP_PUNCTUATION, Channel.DROP_CAPITAL,
+           Channel.SIMPLIFY_ACCENT)
+# Per-character slip channels, in priority order.
+_SLIPS = (Channel.SPACE_OMISSION, Channel.SPACE_SUBSTITUTION, Channel.SPACE_INSERTION,
+          Channel.OMISSION, Channel.DOUBLE_TAP, Channel.NEIGHBOR_INSERTION)
+
+
+def _shift_prev(a: np.ndarray, first: np.ndarray, fill) -> np.ndarray:
+    """a[i-1], or `fill` where i is the first element of its record."""
+    out = np.empty_like(a)
+    out[1:] = a[:-1]
+    if len(a):
+        out[0] = fill
+    out[first] = fill
+    return out
+
+
+def _shift_next(a: np.ndarray, last: np.ndarray, fill) -> np.ndarray:
+    """a[i+1], or `fill` where i is the last element of its record."""
+    out = np.empty_like(a)
+    out[:-1] = a[1:]
+    if len(a):
+        out[-1] = fill
+    out[last] = fill
+    return out
+
+
+def _partition(u: np.ndarray, eligible: list[np.ndarray], rates: list[float]) -> np.ndarray:
+    """Index of the channel whose slice of [0, 1) holds u, among the eligible ones; -1 if none.
+
+    Each eligible channel fires with exactly its rate (while the eligible rates sum to <= 1).
+    """
+    choice = np.full(len(u), -1, dtype=np.int64)
+    lo = np.zeros(len(u))
+    for c, (elig, rate) in enumerate(zip(eligible, rates, strict=True)):
+        if rate <= 0:
+            continue
+        hi = lo + np.where(elig, rate, 0.0)
+        fire = elig & (u >= lo) & (u < hi) & (choice < 0)
+        choice[fire] = c
+        lo = hi
+    return choice
+
+
+def _cps_to_str(cps: np.ndarray) -> str:
+    return cps.astype(np.uint32).tobytes().decode("utf-32-le", "surrogatepass")
+
+
+class Engine:
+    """Simulates typing for one layout and one typist profile.
+
+    Construction is cheap; tables (decoding grid, character plans, the misspelling list) are
+    built the first time they are needed and reused.
+    """
+
+    def __init__(self, layout: Layout, profile: TypistProfile,
+                 lexicon: Lexicon | str = "codespell") -> None:
+        self.layout = layout
+        self.profile = profile
+        self._lexicon = lexicon
+        self.rates = {c: float(r) for c, r in profile.rates.items()}
+
+    @property
+    def lexicon(self) -> Lexicon:
+        if not isinstance(self._lexicon, Lexicon):
+            self._lexicon = load_lexicon(self._lexicon)
+        return self._lexicon
+
+    # ------------------------------------------------------------------------------- run
+    def run(self, texts: list[str], ids: list[str], seed: int, touches: bool = False):
+        """Pairs for a batch of texts with their ids (see module docstring)."""
+        n = len(texts)
+        if len(ids) != n:
+            raise ValueError(f"{n} texts but {len(ids)} ids")
+        lens = np.fromiter((len(t) for t in texts), dtype=np.int64, count=n)
+        joined = "".join(texts)
+        cp = np.frombuffer(joined.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+        starts = np.concatenate(([0], np.cumsum(lens)))
+        keys = rng.record_keys(seed, ids)
+        if len(cp) == 0:
+            return [Pair(i, t, t, (), () if touches else None) for i, t in zip(ids, texts)]
+
+        edits_a, t1 = self._habits(cp, lens, starts, keys, joined)
+        edits_b, taps = self._typing(t1, lens, keys, touches)
+        return self._assemble(texts, ids, starts, edits_a, edits_b, taps, t1)
+
+    # ------------------------------------------------------------------- stage A: habits
+    def _habits(self, cp, lens, starts, keys, joined):
+        n_chars = len(cp)
+        rec = np.repeat(np.arange(len(lens)), lens)
+        pos = np.arange(n_chars) - starts[rec]
+        first = starts[:-1][lens > 0]
+        last = starts[1:][lens > 0] - 1
+        kc = keys[rec]
+        T = tables()
+        is_letter = lookup(T["is_letter"], cp, False)
+        is_apos = np.isin(cp, _APOS)
+        prev_letter = _shift_prev(is_letter, first, False)
+        next_letter = _shift_next(is_letter, last, False)
+        inner_apos = is_apos & prev_letter & next_letter
+        wordchar = is_letter | inner_apos
+        u_habit, u_word, u_pick = rng.uniforms3(kc, pos, STREAM_HABIT)
+        r = self.rates
+
+        eligible = [
+            inner_apos,
+            np.isin(cp, _PUNCT),
+            lookup(T["is_upper"], cp, False),
+            is_letter & (lookup(T["accent_base"], cp, None) != cp),
+        ]
+        choice = _partition(u_habit, eligible, [r[c] for c in _HABITS])
+
+        # Whole words: attested misspellings and real-word confusions.
+        rm, rr = r[Channel.MISSPELLING], r[Channel.REAL_WORD]
+        word_start = wordchar & ~_shift_prev(wordchar, first, False)
+        word_edits = []  # (start, end, replacement, channel)
+        if rm + rr > 0:
+            cand = np.flatnonzero(word_start & (u_word < rm + rr))
+            if len(cand):
+                word_end_mask = wordchar & ~_shift_next(wordchar, last, False)
+                ends = np.flatnonzero(word_end_mask) + 1
+                lex = self.lexicon
+                for s in cand:
+                    e = int(ends[np.searchsorted(ends, s, side="right")])
+                    word = joined[s:e]
+                    if u_word[s] < rm:
+                        options, channel = lex.misspellings.get(word.lower()), Channel.MISSPELLING
+                    else:
+                        options, channel = lex.confusions.get(word.lower()), Channel.REAL_WORD
+                    if not options:
+                        continue
+                    rep = match_case(word, options[int(u_pick[s] * len(options))])
+                    word_edits.append((int(s), e, rep, channel))
+
+        # Output code points of the intended text T1 (what the typist means to type).
+        new_cp = cp.copy()
+        is_cap = choice == _HABITS.index(Channel.DROP_CAPITAL)
+        new_cp[is_cap] = lookup(T["lower"], cp[is_cap], None)
+        is_acc = choice == _HABITS.index(Channel.SIMPLIFY_ACCENT)
+        new_cp[is_acc] = lookup(T["accent_base"], cp[is_acc], None)
+        count = np.ones(n_chars, dtype=np.int64)
+        count[choice >= 0] = 1
+        count[(choice == 0) | (choice == 1)] = 0  # dropped apostrophe / punctuation
+        edited = choice >= 0
+        for s, e, rep, _ in word_edits:
+            count[s:e] = 0
+            count[s] = len(rep)
+            edited[s:e] = True
+            choice[s:e] = -1
+        habit_idx = np.flatnonzero(choice >= 0)
+        edits = {
+            "start": habit_idx,
+            "end": habit_idx + 1,
+            "type": np.array([CODE[_HABITS[c]] for c in choice[habit_idx]], dtype=np.int64),
+            "rep": np.where(count[habit_idx] > 0, new_cp[habit_idx].astype(np.int64), -1)[:, None],
+            "words": word_edits,
+        }
+
+        t1_src = np.repeat(np.arange(n_chars), count)
+        t1_cp = new_cp[t1_src]
+        t1_prot = edited[t1_src]
+        if word_edits:
+            # Fill the replacement words' characters in place of the first-character copies.
+            t1_starts = np.cumsum(count) - count
+            for s, _, rep, _ in word_edits:
+                if rep:
+                    o = t1_starts[s]
+                    t1_cp[o : o + len(rep)] = np.frombuffer(
+                        rep.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+        t1_rec = rec[t1_src]
+        t1_lens = np.bincount(t1_rec, minlength=len(lens))
+        t1 = {"cp": t1_cp, "src": t1_src, "prot": t1_prot, "rec": t1_rec, "lens": t1_lens}
+        return edits, t1
+
+    # ------------------------------------------------------------------- stage B: typing
+    def _typing(self, t1, lens, keys, touches):
+        L, prof, r = self.layout, self.profile, self.rates
+        cp, src, prot, rec = t1["cp"], t1["src"], t1["prot"], t1["rec"]
+        m = len(cp)
+        t_starts = np.concatenate(([0], np.cumsum(t1["lens"])))
+        pos = np.arange(m) - t_starts[rec]
+        nonempty = t1["lens"] > 0
+        first = t_starts[:-1][nonempty]
+        last = t_starts[1:][nonempty] - 1
+        kc = keys[rec]
+        plan, a = L.plan, L.arrays
+        cid = plan.lookup(cp)
+        typeable = cid >= 0
+        safe_cid = np.where(typeable, cid, 0)
+        is_space = cp == _SPACE
+
+        # Layer state: which group the keyboard is in before each character.
+        group = np.where(typeable, plan.group[safe_cid], -2)
+        anchor = (typeable & (group >= 0)) | is_space
+        anchor_val = np.where(is_space, 0, group)
+        idx = np.where(anchor, np.arange(m), -1)
+        last_anchor = np.maximum.accumulate(idx) if m else idx
+        first_of = t_starts[rec]
+        state_after = np.where(last_anchor >= first_of, anchor_val[np.maximum(last_anchor, 0)], 0)
+        prev_state = _shift_prev(state_after, first, 0)
+        neutral = typeable & (group == -1)
+        target_group = np.where(neutral, prev_state, np.maximum(group, 0))
+        key = np.where(neutral, plan.key_in_group[safe_cid, np.clip(prev_state, 0, 2)],
+                       plan.key[safe_cid])
+        key = np.where(typeable & (key >= 0), key, np.where(typeable, plan.key[safe_cid], 0))
+        switch = L.switch_keys[np.clip(prev_state, 0, 2), np.clip(target_group, 0, 2)]
+        needs_switch = typeable & ~neutral & (target_group != prev_state)
+        sw1 = np.where(needs_switch, switch[:, 0], -1)
+        sw2 = np.where(needs_switch, switch[:, 1], -1)
+        shift_key = L.find_key("letters", action="shift")
+        shift = typeable & plan.shift[safe_cid] & (shift_key >= 0)
+
+        # Taps, in time order: switch taps, shift tap, then the key.
+        tap_key = np.stack([sw1, sw2, np.where(shift, shift_key, -1),
+                            np.where(typeable, key, -1)], axis=1)
+        tap_mask = tap_key >= 0
+        tap_char = np.repeat(np.arange(m), 4)[tap_mask.ravel()]
+        tap_slot = np.tile(np.arange(4), m)[tap_mask.ravel()]
+        tk = tap_key.ravel()[tap_mask.ravel()]
+        n_taps = len(tk)
+        tap_rec = rec[tap_char]
+        tap_first = np.searchsorted(tap_rec, tap_rec, side="left") if n_taps else tap_rec
+        cx, cy = a["cx"][tk], a["cy"][tk]
+        dig = digits(prof.posture, cx, L.width_mm)
+        sx, sy, ox, oy = tap_spread(prof, cx, cy, dig, tap_first)
+        gx, gy, _ = rng.normals2(kc[tap_char], pos[tap_char] * 4 + tap_slot, STREAM_TOUCH)
+        tx = cx + ox + sx * gx
+        ty = cy + oy + sy * gy
+        hit_key = L.decode(a["layer"][tk], tx, ty)
+        missed = hit_key != tk
+        # A missed switch or shift tap leaves the keyboard on the layer it was on.
+        miss_mod = np.zeros(m, dtype=bool)
+        np.logical_or.at(miss_mod, tap_char[(tap_slot < 3) & missed], True)
+        main = tap_slot == 3
+        main_char = tap_char[main]
+        main_x, main_y = tx[main], ty[main]
+        letters = L.layer_names.index("letters")
+        from_layer = {0: letters}
+        for g, name in ((1, "numbers"), (2, "symbols")):
+            if name in L.layer_names:
+                from_layer[g] = L.layer_names.index(name)
+        fallback_layer = np.array([from_layer.get(g, letters) for g in range(3)])
+        layer = a["layer"][key[main_char]]
+        layer = np.where(miss_mod[main_char], fallback_layer[np.clip(prev_state[main_char], 0, 2)],
+                         layer)
+        decoded = L.decode(layer, main_x, main_y)
+        dec = np.full(m, -1, dtype=np.int64)
+        dec[main_char] = decoded
+        touch_wrong = typeable & (dec != key)
+
+        # Slips on the intended text.
+        u_slip, u_aux, u_trans = rng.uniforms3(kc, pos, STREAM_SLIP)
+        free = typeable & ~prot
+        is_letter = lookup(tables()["is_letter"], cp, False)
+        above = L.space_row["above"][key] & free & ~is_space
+        nb_table, nb_count = L.neighbors
+        eligible = [
+            free & is_space,
+            free & is_space,
+            above,
+            free & ~is_space,
+            free & ~is_space,
+            free & ~is_space & (nb_count[key] > 0),
+        ]
+        slip = _partition(u_slip, eligible, [r[c] for c in _SLIPS])
+
+        # Transpositions of adjacent letters (more likely across digits).
+        rt = r[Channel.TRANSPOSITION]
+        trans = np.zeros(m, dtype=bool)
+        if rt > 0 and m > 1:
+            nxt_cp = _shift_next(cp.astype(np.int64), last, -1)
+            nxt_free = _shift_next(free & is_letter, last, False)
+            nxt_src = _shift_next(src, last, -1)
+            dig_char = digits(prof.posture, a["cx"][key], L.width_mm)
+            nxt_dig = _shift_next(dig_char, last, -1)
+            rate = np.where(dig_char != nxt_dig, min(1.0, rt * prof.cross_hand_factor), rt)
+            trans = (free & is_letter & nxt_free & (nxt_cp != cp) & (nxt_src == src + 1)
+                     & (u_trans < rate))
+            trans &= ~_shift_prev(trans, first, False)  # overlapping pairs: the first wins
+            partner = _shift_prev(trans, first, False)
+            slip[trans | partner] = -1
+            touch_wrong &= ~(trans | partner)
+
+        # Build the edits (position in T1, span length, up to two replacement code points).
+        rep1 = np.full(m, -1, dtype=np.int64)
+        rep2 = np.full(m, -1, dtype=np.int64)
+        etype = np.full(m, -1, dtype=np.int64)
+        span = np.ones(m, dtype=np.int64)
+        c64 = cp.astype(np.int64)
+        sl = {c: slip == i for i, c in enumerate(_SLIPS)}
+        etype[sl[Channel.SPACE_OMISSION]] = CODE[Channel.SPACE_OMISSION]
+        etype[sl[Channel.OMISSION]] = CODE[Channel.OMISSION]
+        s = sl[Channel.SPACE_INSERTION]
+        etype[s], rep1[s] = CODE[Channel.SPACE_INSERTION], 32
+        s = sl[Channel.DOUBLE_TAP]
+        etype[s], rep1[s], rep2[s] = CODE[Channel.DOUBLE_TAP], c64[s], c64[s]
+        s = sl[Channel.NEIGHBOR_INSERTION]
+        if s.any():
+            k = key[s]
+            f = u_aux[s] * nb_count[k]
+            nb = nb_table[k, f.astype(np.int64)]
+            nb_cp = np.array([ord(L.key_text[j][0]) for j in nb], dtype=np.int64)
+            before = (f % 1.0) >= 0.5
+            etype[s] = CODE[Channel.NEIGHBOR_INSERTION]
+            rep1[s] = np.where(before, nb_cp, c64[s])
+            rep2[s] = np.where(before, c64[s], nb_cp)
+        s = sl[Channel.SPACE_SUBSTITUTION]
+        if s.any():
+            sr = L.space_row
+            xs = np.clip(np.where(dec[s] >= 0, tx[main][np.searchsorted(main_char, np.flatnonzero(s))],
+                                  a["cx"][key[s]]), sr["x_lo"], sr["x_hi"] - 1e-6)
+            hit = L.decode(np.full(len(xs), letters), xs, np.full(len(xs), sr["above_y"]))
+            etype[s] = CODE[Channel.SPACE_SUBSTITUTION]
+            rep1[s] = [ord(L.key_text[j][0]) if L.key_text[j] else -1 for j in hit]
+        if rt > 0:
+            etype[trans] = CODE[Channel.TRANSPOSITION]
+            span[trans] = 2
+            rep1[trans] = _shift_next(c64, last, -1)[trans]
+            rep2[trans] = c64[trans]
+        # Touch errors where nothing else happened.
+        tw = touch_wrong & (etype < 0) & ~prot
+        if tw.any():
+            out_cp = np.array([ord(L.key_text[j][0]) if L.key_text[j] else -1 for j in dec[tw]],
+                              dtype=np.int64)
+            kind = np.full(len(out_cp), CODE[Channel.SUBSTITUTION])
+            kind[is_space[tw] & (out_cp >= 0) & (out_cp != 32)] = CODE[Channel.SPACE_SUBSTITUTION]
+            kind[~is_space[tw] & (out_cp == 32)] = CODE[Channel.SPACE_INSERTION]
+            same = out_cp == c64[tw]
+            idx_tw = np.flatnonzero(tw)
+            etype[idx_tw[~same]] = kind[~same]
+            rep1[idx_tw[~same]] = out_cp[~same]
+
+        # Characters the layout cannot type pass through; runs become one noted edit.
+        passthrough = ~typeable & ~prot
+        e_idx = np.flatnonzero(etype >= 0)
+        edits = {
+            "start": src[e_idx],
+            "end": src[e_idx] + span[e_idx],
+            "type": etype[e_idx],
+            "rep": np.stack([rep1[e_idx], rep2[e_idx]], axis=1),
+        }
+        if passthrough.any():
+            p = np.flatnonzero(passthrough)
+            brk = np.concatenate(([True], (np.diff(p) != 1) | (np.diff(src[p]) != 1)
+                                  | (np.diff(rec[p]) != 0)))
+            run_id = np.cumsum(brk) - 1
+            run_start = p[brk]
+            run_len = np.bincount(run_id)
+            edits["pass_start"] = src[run_start]
+            edits["pass_end"] = src[run_start] + run_len
+        taps = None
+        if touches:
+            taps = {"char": tap_char, "x": tx, "y": ty, "key": hit_key, "intended": tk,
+                    "slot": tap_slot, "etype": etype, "prot": prot, "rec": rec, "src": src,
+                    "rep1": rep1, "rep2": rep2, "dec": dec, "key_of_char": key}
+        return edits, taps
+
+    # ------------------------------------------------------------------------- assembly
+    def _assemble(self, texts, ids, starts, edits_a, edits_b, taps, t1):
+        starts_l = []
+        ends_l = []
+        types_l = []
+        reps: list[str] = []
+        # Single-code-point or two-code-point replacements, decoded in one go.
+        for ed in (edits_a, edits_b):
+            rep = ed["rep"]
+            valid = rep >= 0
+            flat = rep[valid]
+            counts = valid.sum(axis=1)
+            joined = _cps_to_str(flat)
+            offs = np.concatenate(([0], np.cumsum(counts)))
+            reps += [joined[offs[i] : offs[i + 1]] for i in range(len(counts))]
+            starts_l.append(ed["start"])
+            ends_l.append(ed["end"])
+            types_l.append(ed["type"])
+        for s, e, rep, ch in edits_a["words"]:
+            starts_l.append(np.array([s]))
+            ends_l.append(np.array([e]))
+            types_l.append(np.array([CODE[ch]]))
+            reps.append(rep)
+        n_pass = 0
+        if "pass_start" in edits_b:
+            ps, pe = edits_b["pass_start"], edits_b["pass_end"]
+            n_pass = len(ps)
+            starts_l.append(ps)
+            ends_l.append(pe)
+            types_l.append(np.full(n_pass, CODE[Channel.PASSTHROUGH]))
+            reps += [None] * n_pass  # unchanged text
+        g_start = np.concatenate(starts_l).astype(np.int64)
+        g_end = np.concatenate(ends_l).astype(np.int64)
+        g_type = np.concatenate(types_l).astype(np.int64)
+        order = np.argsort(g_start, kind="stable")
+        g_start, g_end, g_type = g_start[order], g_end[order], g_type[order]
+        reps = [reps[i] for i in order]
+        bounds = np.searchsorted(g_start, starts)
+        touch_lists = self._touch_lists(taps, t1, len(texts)) if taps is not None else None
+
+        pairs = []
+        rec_starts = starts.tolist()
+        g_start_l, g_end_l, g_type_l, bounds_l = (g_start.tolist(), g_end.tolist(),
+                                                  g_type.tolist(), bounds.tolist())
+        chans = CHANNELS
+        for r, text in enumerate(texts):
+            lo, hi = bounds_l[r], bounds_l[r + 1]
+            tl = touch_lists[r] if touch_lists is not None else None
+            if lo == hi:
+                pairs.append(Pair(ids[r], text, text, (), tl))
+                continue
+            base = rec_starts[r]
+            parts = []
+            edits = []
+            c_pos = 0
+            n_pos = 0
+            for j in range(lo, hi):
+                s = g_start_l[j] - base
+                e = g_end_l[j] - base
+                rep = reps[j]
+                if rep is None:
+                    rep = text[s:e]
+                parts.append(text[c_pos:s])
+                n_pos += s - c_pos
+                parts.append(rep)
+                edits.append(Edit(chans[g_type_l[j]], s, e, n_pos, n_pos + len(rep)))
+                n_pos += len(rep)
+                c_pos = e
+            parts.append(text[c_pos:])
+            pairs.append(Pair(ids[r], text, "".join(parts), tuple(edits), tl))
+        return pairs
+
+    def _touch_lists(self, taps, t1, n_records):
+        """Per record, every keystroke (x, y, key label) in time order."""
+        L = self.layout
+        a = L.arrays
+        labels = [k.label for k in L.keys]
+        out: list[list[Touch]] = [[] for _ in range(n_records)]
+        etype = taps["etype"]
+        deleted = {CODE[Channel.OMISSION], CODE[Channel.SPACE_OMISSION]}
+        for i in range(len(taps["char"])):
+            c = int(taps["char"][i])
+            rec = int(taps["rec"][c])
+            et = int(etype[c])
+            if et in deleted:
+                continue
+            exact = taps["prot"][c] or (et >= 0 and et not in (CODE[Channel.SUBSTITUTION],))
+            if exact and taps["slot"][i] == 3:
+                k = int(taps["key_of_char"][c])
+                out[rec].append(Touch(float(a["cx"][k]), float(a["cy"][k]), labels[k]))
+                if et in (CODE[Channel.DOUBLE_TAP],):
+                    out[rec].append(Touch(float(a["cx"][k]), float(a["cy"][k]), labels[k]))
+                continue
+            out[rec].append(Touch(float(taps["x"][i]), float(taps["y"][i]),
+                                  labels[int(taps["key"][i])]))
+        return [tuple(t) for t in out]

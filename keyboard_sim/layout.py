@@ -1,0 +1,363 @@
+"""Keyboard layouts: key geometry in millimetres, layers, long presses, and decoding of taps.
+
+A layout is a data file (keyboard_sim/layouts/NAME.json, written by scripts/make_layouts.py).
+This module only reads geometry and answers questions about it: which key types a character
+(and what layer switches, shift taps or long presses it costs), which key lies under a point,
+which keys neighbour a key. What goes wrong when a person types is the noise model's business
+(engine.py), not the layout's.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cached_property, lru_cache
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+# Layer groups: a typist is in one group at a time; switching costs taps on switch keys.
+# Group 0 holds the letters layer, its shift layer and long presses on them.
+GROUP_OF_LAYER = {"letters": 0, "shift": 0, "numbers": 1, "symbols": 2}
+
+
+@dataclass(frozen=True)
+class Key:
+    """One key on one layer: a rectangle in mm (origin top-left, y down)."""
+
+    label: str
+    layer: str
+    x: float
+    y: float
+    w: float
+    h: float
+    text: str | None = None
+    action: str | None = None
+
+    @property
+    def cx(self) -> float:
+        return self.x + self.w / 2
+
+    @property
+    def cy(self) -> float:
+        return self.y + self.h / 2
+
+
+@dataclass(frozen=True)
+class CharPlan:
+    """How each typeable character is typed, as arrays indexed by character id.
+
+    Attributes:
+        cps: Sorted code points of typeable characters (char id = index here).
+        key: Global index of the key tapped for the character (its primary layer).
+        group: Layer group the character needs, or -1 if every group has it (space, . and ,).
+        shift: Whether a shift tap comes first.
+        long_press: Whether the key is long-pressed (an accent from the key's popup).
+        key_in_group: For each group, the key typing the character there, or -1.
+    """
+
+    cps: np.ndarray
+    key: np.ndarray
+    group: np.ndarray
+    shift: np.ndarray
+    long_press: np.ndarray
+    key_in_group: np.ndarray
+
+    def lookup(self, cps: np.ndarray) -> np.ndarray:
+        """Char ids for code points, -1 where the layout cannot type the character."""
+        if len(self.cps) == 0:
+            return np.full(len(cps), -1, dtype=np.int64)
+        idx = np.searchsorted(self.cps, cps)
+        idx = np.minimum(idx, len(self.cps) - 1)
+        return np.where(self.cps[idx] == cps, idx, -1)
+
+
+class Layout:
+    """A keyboard layout loaded from its data file. Use `load_layout(name)`."""
+
+    def __init__(self, spec: dict, source: str = "<dict>") -> None:
+        self.source = source
+        try:
+            self.name: str = spec["name"]
+            self.kind: str = spec.get("kind", "phone")
+            self.language: str = spec.get("language", "")
+            self.description: str = spec.get("description", "")
+            self.width_mm = float(spec["width_mm"])
+            self.height_mm = float(spec["height_mm"])
+            layers = spec["layers"]
+            self.long_press: dict[str, list[str]] = dict(spec.get("long_press", {}))
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"layout {source}: missing or invalid field ({e})") from None
+        if "letters" not in layers:
+            raise ValueError(f"layout {source}: needs a 'letters' layer")
+        unknown = sorted(set(layers) - set(GROUP_OF_LAYER))
+        if unknown:
+            raise ValueError(f"layout {source}: unknown layer(s) {unknown}")
+        keys: list[Key] = []
+        for layer, items in layers.items():
+            for i, k in enumerate(items):
+                try:
+                    key = Key(k["label"], layer, float(k["x"]), float(k["y"]), float(k["w"]),
+                              float(k["h"]), k.get("text"), k.get("action"))
+                except (KeyError, TypeError, ValueError) as e:
+                    raise ValueError(f"layout {source}: layer {layer} key {i}: {e}") from None
+                if key.w <= 0 or key.h <= 0:
+                    raise ValueError(f"layout {source}: layer {layer} key {i} has no area")
+                keys.append(key)
+        self.keys: tuple[Key, ...] = tuple(keys)
+        self.layer_names: tuple[str, ...] = tuple(layers)
+
+    def __repr__(self) -> str:
+        return f"Layout({self.name!r}, {len(self.keys)} keys, layers={list(self.layer_names)})"
+
+    # ----------------------------------------------------------------------- geometry arrays
+    @cached_property
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Per-key arrays (global key index): rectangle, centre, layer index, group."""
+        k = self.keys
+        return {
+            "x0": np.array([q.x for q in k]),
+            "y0": np.array([q.y for q in k]),
+            "x1": np.array([q.x + q.w for q in k]),
+            "y1": np.array([q.y + q.h for q in k]),
+            "cx": np.array([q.cx for q in k]),
+            "cy": np.array([q.cy for q in k]),
+            "layer": np.array([self.layer_names.index(q.layer) for q in k], dtype=np.int64),
+            "group": np.array([GROUP_OF_LAYER[q.layer] for q in k], dtype=np.int64),
+        }
+
+    @cached_property
+    def key_text(self) -> list[str]:
+        """What each key types ('' for function keys)."""
+        return [q.text or "" for q in self.keys]
+
+    @cached_property
+    def pitch_mm(self) -> float:
+        """Width of a letter key (the most common text-key width on the letters layer)."""
+        widths = [round(q.w, 2) for q in self.keys if q.layer == "letters" and q.text
+                  and q.text.isalpha()]
+        values, counts = np.unique(widths, return_counts=True)
+        return float(values[np.argmax(counts)])
+
+    def layer_keys(self, layer: str) -> list[int]:
+        """Global indices of the keys on `layer`."""
+        return [i for i, q in enumerate(self.keys) if q.layer == layer]
+
+    def find_key(self, layer: str, *, text: str | None = None, action: str | None = None) -> int:
+        """Global index of the first key on `layer` with this text or action, or -1."""
+        for i, q in enumerate(self.keys):
+            if q.layer == layer and ((text is not None and q.text == text)
+                                     or (action is not None and q.action == action)):
+                return i
+        return -1
+
+    # ------------------------------------------------------------------------------ decoding
+    @cached_property
+    def cells_per_mm(self) -> float:
+        """Decoding grid resolution: 64 cells across the smallest key side (0.1 mm on phones)."""
+        smallest = min(min(q.w, q.h) for q in self.keys)
+        return 64.0 / smallest
+
+    @cached_property
+    def grid(self) -> np.ndarray:
+        """[layer, row, col] -> global key index of the key under each grid cell.
+
+        Cells in gaps or off the keyboard go to the nearest key, as keyboards extend the touch
+        area of edge keys to the screen edge.
+        """
+        a = self.arrays
+        res = self.cells_per_mm
+        nx = int(np.ceil(self.width_mm * res))
+        ny = int(np.ceil(self.height_mm * res))
+        xs = (np.arange(nx) + 0.5) / res
+        ys = (np.arange(ny) + 0.5) / res
+        grids = np.empty((len(self.layer_names), ny, nx), dtype=np.int32)
+        for li, _ in enumerate(self.layer_names):
+            idx = np.flatnonzero(a["layer"] == li)
+            # Distance from each cell to each key rectangle (0 inside), per axis then combined.
+            dx = np.maximum(np.maximum(a["x0"][idx][:, None] - xs[None, :],
+                                       xs[None, :] - a["x1"][idx][:, None]), 0.0)
+            dy = np.maximum(np.maximum(a["y0"][idx][:, None] - ys[None, :],
+                                       ys[None, :] - a["y1"][idx][:, None]), 0.0)
+            best = np.full((ny, nx), np.inf)
+            owner = np.zeros((ny, nx), dtype=np.int32)
+            for j, g in enumerate(idx):
+                d = dy[j][:, None] ** 2 + dx[j][None, :] ** 2
+                better = d < best
+                best[better] = d[better]
+                owner[better] = g
+            grids[li] = owner
+        return grids
+
+    def decode(self, layer: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Global index of the key under each point (x, y in mm) on each layer index."""
+        g, res = self.grid, self.cells_per_mm
+        ix = np.clip((np.asarray(x) * res).astype(np.int64), 0, g.shape[2] - 1)
+        iy = np.clip((np.asarray(y) * res).astype(np.int64), 0, g.shape[1] - 1)
+        return g[np.asarray(layer, dtype=np.int64), iy, ix]
+
+    # ----------------------------------------------------------------------------- planning
+    @cached_property
+    def plan(self) -> CharPlan:
+        """How every typeable character is typed (cheapest way, letters layer first)."""
+        best: dict[str, tuple[int, int, bool, bool]] = {}  # char -> (cost, key, shift, long)
+        by_group: dict[str, dict[int, int]] = {}
+        shift_cost = {"letters": 1, "shift": 2, "numbers": 2, "symbols": 3}
+        for i, q in enumerate(self.keys):
+            if q.text is None:
+                continue
+            cost = shift_cost[q.layer]
+            cand = (cost, i, q.layer == "shift", False)
+            if q.text not in best or cand[0] < best[q.text][0]:
+                best[q.text] = cand
+            by_group.setdefault(q.text, {}).setdefault(GROUP_OF_LAYER[q.layer], i)
+        for base, accents in self.long_press.items():
+            for layer in ("letters", "shift"):
+                ki = self.find_key(layer, text=base)
+                if ki < 0:
+                    continue
+                for ch in accents:
+                    # A long press and the slide to the accent cost two keystrokes (plus shift).
+                    cand = (shift_cost[layer] + 1, ki, layer == "shift", True)
+                    if ch not in best or cand[0] < best[ch][0]:
+                        best[ch] = cand
+                    by_group.setdefault(ch, {}).setdefault(0, ki)
+        groups = sorted({GROUP_OF_LAYER[n] for n in self.layer_names})
+        chars = sorted(c for c in best if len(c) == 1)
+        cps = np.array([ord(c) for c in chars], dtype=np.uint32)
+        key = np.array([best[c][1] for c in chars], dtype=np.int64)
+        shift = np.array([best[c][2] for c in chars], dtype=bool)
+        long_press = np.array([best[c][3] for c in chars], dtype=bool)
+        kig = np.full((len(chars), 3), -1, dtype=np.int64)
+        group = np.empty(len(chars), dtype=np.int64)
+        for j, c in enumerate(chars):
+            for g, ki in by_group.get(c, {}).items():
+                kig[j, g] = ki
+            neutral = all(kig[j, g] >= 0 for g in groups) and len(groups) > 1
+            group[j] = -1 if neutral else GROUP_OF_LAYER[self.keys[key[j]].layer]
+        return CharPlan(cps, key, group, shift, long_press, kig)
+
+    @cached_property
+    def switch_keys(self) -> np.ndarray:
+        """[from_group, to_group, step] -> key tapped to switch groups (-1 pads unused steps)."""
+        out = np.full((3, 3, 2), -1, dtype=np.int64)
+        main = {0: "letters", 1: "numbers", 2: "symbols"}
+        for src, src_layer in main.items():
+            if src_layer not in self.layer_names:
+                continue
+            for dst, dst_layer in main.items():
+                if dst == src or dst_layer not in self.layer_names:
+                    continue
+                path = self._switch_path(src_layer, dst_layer)
+                if path is not None and len(path) <= 2:
+                    out[src, dst, : len(path)] = path
+        return out
+
+    def _switch_path(self, src: str, dst: str) -> list[int] | None:
+        """Shortest sequence of layer-switch key taps from layer src to layer dst (BFS)."""
+        frontier, seen = [(src, [])], {src}
+        while frontier:
+            nxt = []
+            for layer, path in frontier:
+                for i, q in enumerate(self.keys):
+                    if q.layer != layer or not (q.action or "").startswith("layer:"):
+                        continue
+                    target = q.action.split(":", 1)[1]
+                    if target == dst:
+                        return [*path, i]
+                    if target not in seen and target in self.layer_names:
+                        seen.add(target)
+                        nxt.append((target, [*path, i]))
+            frontier = nxt
+        return None
+
+    @cached_property
+    def neighbors(self) -> tuple[np.ndarray, np.ndarray]:
+        """(table, count): text keys touching each key on its layer (padded with -1)."""
+        a = self.arrays
+        n = len(self.keys)
+        gap = 0.5  # mm: rectangles closer than this are neighbours
+        lists = []
+        for i in range(n):
+            same = (a["layer"] == a["layer"][i]) & (np.arange(n) != i)
+            dx = np.maximum(np.maximum(a["x0"] - a["x1"][i], a["x0"][i] - a["x1"]), 0)
+            dy = np.maximum(np.maximum(a["y0"] - a["y1"][i], a["y0"][i] - a["y1"]), 0)
+            near = same & (dx < gap) & (dy < gap)
+            lists.append([j for j in np.flatnonzero(near) if self.keys[j].text])
+        width = max(1, max(len(v) for v in lists))
+        table = np.full((n, width), -1, dtype=np.int64)
+        for i, v in enumerate(lists):
+            table[i, : len(v)] = v
+        return table, np.array([len(v) for v in lists], dtype=np.int64)
+
+    @cached_property
+    def space_row(self) -> dict:
+        """Geometry of the space bar and the letter keys directly above it (letters layer).
+
+        Returns dict with `space` (key index), `above_y` (centre y of the row above),
+        `x_lo`/`x_hi` (x range of text keys above the space bar), and `above` (bool per key:
+        a letter key on the letters or shift layer whose rectangle sits above the space bar).
+        """
+        a = self.arrays
+        space = self.find_key("letters", text=" ")
+        above = np.zeros(len(self.keys), dtype=bool)
+        if space < 0:
+            return {"space": -1, "above_y": 0.0, "x_lo": 0.0, "x_hi": 0.0, "above": above}
+        sx0, sx1, sy0 = a["x0"][space], a["x1"][space], a["y0"][space]
+        for i, q in enumerate(self.keys):
+            if q.layer in ("letters", "shift") and q.text and q.text.isalpha():
+                if abs(a["y1"][i] - sy0) < 0.5 and a["x1"][i] > sx0 and a["x0"][i] < sx1:
+                    above[i] = True
+        lo = a["x0"][above].min() if above.any() else sx0
+        hi = a["x1"][above].max() if above.any() else sx1
+        row_h = float(np.median(a["y1"][above] - a["y0"][above])) if above.any() else 0.0
+        return {"space": space, "above_y": float(sy0 - row_h / 2), "x_lo": float(lo),
+                "x_hi": float(hi), "above": above}
+
+    def key_center(self, ch: str) -> tuple[float, float] | None:
+        """Centre (mm) of the key typing `ch` on the letters/shift layer (accents: their base)."""
+        if len(ch) != 1:
+            return None
+        cid = self.plan.lookup(np.array([ord(ch)], dtype=np.uint32))[0]
+        if cid < 0:
+            return None
+        ki = self.plan.key_in_group[cid, 0]
+        if ki < 0:
+            return None
+        return (float(self.arrays["cx"][ki]), float(self.arrays["cy"][ki]))
+
+
+def _layout_dir():
+    return resources.files("keyboard_sim") / "layouts"
+
+
+def available_layouts() -> list[str]:
+    """Names of the layouts shipped with the package."""
+    return sorted(p.name[:-5] for p in _layout_dir().iterdir() if p.name.endswith(".json"))
+
+
+@lru_cache(maxsize=32)
+def _load_shipped(name: str) -> Layout:
+    path = _layout_dir() / f"{name}.json"
+    return Layout(json.loads(path.read_text(encoding="utf-8")), source=f"{name}.json")
+
+
+def load_layout(spec: str | Path | Layout) -> Layout:
+    """A shipped layout by name, a layout JSON file by path, or a `Layout` as is."""
+    if isinstance(spec, Layout):
+        return spec
+    name = str(spec)
+    if name in available_layouts():
+        return _load_shipped(name)
+    path = Path(name)
+    if path.suffix == ".json" and path.exists():
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"layout file {path}: cannot read JSON ({e})") from None
+        return Layout(data, source=str(path))
+    raise ValueError(
+        f"unknown layout {name!r}; shipped layouts: {', '.join(available_layouts())} "
+        "(or give a path to a layout .json file)"
+    )

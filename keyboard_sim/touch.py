@@ -1,0 +1,89 @@
+"""The touch model: where each tap lands, as pure functions over arrays of taps.
+
+A tap aimed at a key lands at the key centre plus the typist's systematic offset plus Gaussian
+noise. Following FFitts law (Bi, Li & Zhai 2013) the noise has two independent parts: the
+absolute precision of the digit (sigma_a, the profile's sigma_x_mm / sigma_y_mm) and a relative
+part from the speed-accuracy trade-off. The relative part is what Fitts' law allows for the
+movement: with MT = a + b * log2(A / W_e + 1) and the effective width W_e = sqrt(2 pi e) sigma,
+a digit that travels A mm in MT seconds has sigma_r = A / (sqrt(2 pi e) (2^((MT - a) / b) - 1)).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from keyboard_sim.profile import Posture, TypistProfile
+
+SQRT_2PIE = math.sqrt(2 * math.pi * math.e)
+
+
+def digits(posture: Posture, key_cx: np.ndarray, width_mm: float) -> np.ndarray:
+    """Which digit taps each key: 0/1 for the left/right thumb or hand, 0 for one digit."""
+    if posture in (Posture.TWO_THUMBS, Posture.PHYSICAL):
+        return (key_cx >= width_mm / 2).astype(np.int64)
+    return np.zeros(len(key_cx), dtype=np.int64)
+
+
+def previous_same_digit(digit: np.ndarray, first_of_record: np.ndarray) -> np.ndarray:
+    """Index of the previous tap by the same digit in the same record, or -1.
+
+    Args:
+        digit: Digit of each tap (taps ordered by record, then time).
+        first_of_record: Index of the first tap of each tap's record.
+    """
+    n = len(digit)
+    idx = np.arange(n)
+    prev = np.full(n, -1, dtype=np.int64)
+    for d in np.unique(digit):
+        mine = digit == d
+        last = np.maximum.accumulate(np.where(mine, idx, -1))
+        shifted = np.concatenate(([-1], last[:-1]))
+        prev[mine] = shifted[mine]
+    prev[prev < first_of_record] = -1
+    return prev
+
+
+def relative_sigma(distance_mm: np.ndarray, movement_s: np.ndarray, a: float, b: float):
+    """FFitts relative spread (mm) for moving `distance_mm` in `movement_s` seconds."""
+    if b <= 0:
+        return np.zeros_like(distance_mm)
+    bits = np.clip((movement_s - a) / b, 1e-3, 60.0)
+    return distance_mm / (SQRT_2PIE * (np.exp2(bits) - 1.0))
+
+
+def tap_spread(profile: TypistProfile, key_cx: np.ndarray, key_cy: np.ndarray,
+               digit: np.ndarray, first_of_record: np.ndarray):
+    """Per-tap (sigma_x, sigma_y, offset_x, offset_y) in mm for taps aimed at given centres."""
+    n = len(key_cx)
+    sx = np.full(n, profile.sigma_x_mm)
+    sy = np.full(n, profile.sigma_y_mm)
+    if profile.keystroke_ms > 0 and n:
+        prev = previous_same_digit(digit, first_of_record)
+        has = prev >= 0
+        safe = np.where(has, prev, 0)
+        dist = np.where(has, np.hypot(key_cx - key_cx[safe], key_cy - key_cy[safe]), 0.0)
+        gap = np.where(has, np.arange(n) - safe, 1)
+        mt = gap * (profile.keystroke_ms / 1000.0)
+        rel = relative_sigma(dist, mt, profile.fitts_a_s, profile.fitts_b_s)
+        sx = np.sqrt(sx**2 + rel**2)
+        sy = np.sqrt(sy**2 + rel**2)
+    ox = np.full(n, profile.offset_x_mm)
+    if profile.posture == Posture.TWO_THUMBS:
+        ox = np.where(digit == 1, -ox, ox)  # both thumbs err towards the middle
+    oy = np.full(n, profile.offset_y_mm)
+    return sx, sy, ox, oy
+
+
+def miss_probability(width_mm: float, height_mm: float, sigma_x: float, sigma_y: float,
+                     offset_x: float = 0.0, offset_y: float = 0.0) -> float:
+    """Analytic probability that a Gaussian tap aimed at a key centre lands outside the key."""
+
+    def inside(half: float, sigma: float, off: float) -> float:
+        if sigma == 0:
+            return 1.0 if abs(off) < half else 0.0
+        z = lambda v: 0.5 * (1 + math.erf(v / (sigma * math.sqrt(2))))  # noqa: E731
+        return z(half - off) - z(-half - off)
+
+    return 1.0 - inside(width_mm / 2, sigma_x, offset_x) * inside(height_mm / 2, sigma_y, offset_y)
