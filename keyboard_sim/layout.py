@@ -154,48 +154,61 @@ class Layout:
 
     # ------------------------------------------------------------------------------ decoding
     @cached_property
-    def cells_per_mm(self) -> float:
-        """Decoding grid resolution: 64 cells across the smallest key side (0.1 mm on phones)."""
-        smallest = min(min(q.w, q.h) for q in self.keys)
-        return 64.0 / smallest
+    def grid(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(x_edges, y_edges, owner[layer, row, col]): an exact decoding grid.
 
-    @cached_property
-    def grid(self) -> np.ndarray:
-        """[layer, row, col] -> global key index of the key under each grid cell.
-
-        Cells in gaps or off the keyboard go to the nearest key, as keyboards extend the touch
-        area of edge keys to the screen edge.
+        The cells are the rectangles between consecutive key edges, so every cell lies inside
+        one key or in a gap, and decoding a point is two binary searches and a lookup. A gap
+        cell goes to the nearest key of its row (keyboards extend the touch area of edge keys
+        to the screen edge); points off the keyboard go to the nearest edge cell.
         """
         a = self.arrays
-        res = self.cells_per_mm
-        nx = int(np.ceil(self.width_mm * res))
-        ny = int(np.ceil(self.height_mm * res))
-        xs = (np.arange(nx) + 0.5) / res
-        ys = (np.arange(ny) + 0.5) / res
-        grids = np.empty((len(self.layer_names), ny, nx), dtype=np.int32)
-        for li, _ in enumerate(self.layer_names):
+        xe = np.unique(np.round(np.concatenate([a["x0"], a["x1"], [0.0, self.width_mm]]), 6))
+        ye = np.unique(np.round(np.concatenate([a["y0"], a["y1"], [0.0, self.height_mm]]), 6))
+        xc = (xe[:-1] + xe[1:]) / 2
+        yc = (ye[:-1] + ye[1:]) / 2
+        owner = np.empty((len(self.layer_names), len(yc), len(xc)), dtype=np.int64)
+        for li in range(len(self.layer_names)):
             idx = np.flatnonzero(a["layer"] == li)
-            # Distance from each cell to each key rectangle (0 inside), per axis then combined.
-            dx = np.maximum(np.maximum(a["x0"][idx][:, None] - xs[None, :],
-                                       xs[None, :] - a["x1"][idx][:, None]), 0.0)
-            dy = np.maximum(np.maximum(a["y0"][idx][:, None] - ys[None, :],
-                                       ys[None, :] - a["y1"][idx][:, None]), 0.0)
-            best = np.full((ny, nx), np.inf)
-            owner = np.zeros((ny, nx), dtype=np.int32)
-            for j, g in enumerate(idx):
-                d = dy[j][:, None] ** 2 + dx[j][None, :] ** 2
-                better = d < best
-                best[better] = d[better]
-                owner[better] = g
-            grids[li] = owner
-        return grids
+            x0, x1, y0, y1 = (a[k][idx] for k in ("x0", "x1", "y0", "y1"))
+            dx = np.maximum(np.maximum(x0[:, None] - xc[None, :], xc[None, :] - x1[:, None]), 0)
+            dy = np.maximum(np.maximum(y0[:, None] - yc[None, :], yc[None, :] - y1[:, None]), 0)
+            # Distance: rows first (a key of the same row always beats another row), then x.
+            d = dy[:, :, None] * 1e6 + dx[:, None, :]
+            owner[li] = idx[np.argmin(d, axis=0)]
+        return xe, ye, owner
+
+    @cached_property
+    def _bins(self):
+        """Uniform 0.05 mm bins over each axis mapping a coordinate to its grid cell exactly.
+
+        A bin holds at most one cell edge (keys are far wider than a bin): the cell is the bin's
+        first cell, plus one if the coordinate is at or past the edge inside the bin.
+        """
+        xe, ye, _ = self.grid
+        out = []
+        for edges in (xe, ye):
+            step = min(0.05, float(np.diff(edges).min()) / 2)
+            n = int(np.ceil((edges[-1] - edges[0]) / step)) + 1
+            left = edges[0] + step * np.arange(n)
+            first = np.clip(np.searchsorted(edges, left, side="right") - 1, 0, len(edges) - 2)
+            nxt = np.searchsorted(edges, left, side="right")
+            edge_in = np.full(n, np.inf)
+            inside = (nxt < len(edges)) & (edges[np.minimum(nxt, len(edges) - 1)] < left + step)
+            edge_in[inside] = edges[nxt[inside]]
+            edge_in[first >= len(edges) - 2] = np.inf  # no cell beyond the last
+            out.append((edges[0], 1.0 / step, first, edge_in))
+        return out
 
     def decode(self, layer: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         """Global index of the key under each point (x, y in mm) on each layer index."""
-        g, res = self.grid, self.cells_per_mm
-        ix = np.clip((np.asarray(x) * res).astype(np.int64), 0, g.shape[2] - 1)
-        iy = np.clip((np.asarray(y) * res).astype(np.int64), 0, g.shape[1] - 1)
-        return g[np.asarray(layer, dtype=np.int64), iy, ix]
+        _, _, owner = self.grid
+        idx = []
+        for (origin, inv, first, edge_in), v in zip(self._bins, (x, y), strict=True):
+            v = np.asarray(v, dtype=np.float64)
+            k = np.clip(((v - origin) * inv).astype(np.int64), 0, len(first) - 1)
+            idx.append(first[k] + (v >= edge_in[k]))
+        return owner[np.asarray(layer, dtype=np.int64), idx[1], idx[0]]
 
     # ----------------------------------------------------------------------------- planning
     @cached_property

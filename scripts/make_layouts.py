@@ -124,7 +124,9 @@ def phone_layout(name, language, rows, shift_rows, insets, long_press, descripti
 
 
 def key(label, x, y, w, h, text=None, action=None):
-    k = {"label": label, "x": round(x, 3), "y": round(y, 3), "w": round(w, 3), "h": round(h, 3)}
+    # Round the edges, not the sizes, so that neighbouring keys share an edge exactly.
+    x0, x1, y0, y1 = (round(v + 1e-9, 3) for v in (x, x + w, y, y + h))
+    k = {"label": label, "x": x0, "y": y0, "w": round(x1 - x0, 3), "h": round(y1 - y0, 3)}
     if text is not None:
         k["text"] = text
     if action is not None:
