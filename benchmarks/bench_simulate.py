@@ -89,6 +89,7 @@ def time_kbsim_cli(
                 str(w),
                 "--seed",
                 "0",
+                "--no-progress",
             ]
             t0 = time.perf_counter()
             proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=workdir)

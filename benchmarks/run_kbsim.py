@@ -12,11 +12,15 @@ import json
 import os
 import sys
 from importlib import metadata
+from pathlib import Path
 
 from _timing import THREAD_VARS, best_of, changed_fraction, pin_to_one_core, read_lines
 
 for _var in THREAD_VARS:  # before numpy is imported
     os.environ[_var] = "1"
+
+# Time the checkout this script belongs to, whether or not kbsim is installed from it.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main(argv: list[str]) -> None:
