@@ -9,6 +9,7 @@ same unit, the one listed first in `PRIORITY` wins, so edits never overlap (as M
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from enum import StrEnum
 from types import MappingProxyType
 
@@ -120,7 +121,42 @@ DEFAULT_RATES: MappingProxyType = MappingProxyType(
 )
 
 
-def validate_rates(rates: dict) -> dict[Channel, float]:
+class RateTable(Mapping):
+    """An immutable, hashable, picklable mapping Channel -> rate (for frozen profiles)."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self, rates: Mapping) -> None:
+        self._items = tuple(sorted(((Channel(c), float(r)) for c, r in rates.items()),
+                                   key=lambda kv: kv[0].value))
+
+    def __getitem__(self, key) -> float:
+        key = Channel(key)
+        for c, r in self._items:
+            if c == key:
+                return r
+        raise KeyError(key)
+
+    def __iter__(self) -> Iterator[Channel]:
+        return (c for c, _ in self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __hash__(self) -> int:
+        return hash(self._items)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Mapping) and dict(self.items()) == dict(other.items())
+
+    def __reduce__(self):
+        return (RateTable, (dict(self._items),))
+
+    def __repr__(self) -> str:
+        return "RateTable({" + ", ".join(f"{c.value!r}: {r}" for c, r in self._items) + "})"
+
+
+def validate_rates(rates: Mapping) -> dict[Channel, float]:
     """Returns a complete rate table (defaults filled in) after checking every entry.
 
     Raises:

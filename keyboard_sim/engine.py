@@ -311,7 +311,11 @@ class Engine:
             rate = np.where(dig_char != nxt_dig, min(1.0, rt * prof.cross_hand_factor), rt)
             trans = (free & is_letter & nxt_free & (nxt_cp != cp) & (nxt_src == src + 1)
                      & (u_trans < rate))
-            trans &= ~_shift_prev(trans, first, False)  # overlapping pairs: the first wins
+            # Overlapping pairs (a run of consecutive firings): greedily from the left, every
+            # other one is kept, as a typist swapping (a, b) cannot also swap (b, c).
+            run_start = trans & ~_shift_prev(trans, first, False)
+            starts_idx = np.maximum.accumulate(np.where(run_start, np.arange(m), 0))
+            trans &= (np.arange(m) - starts_idx) % 2 == 0
             partner = _shift_prev(trans, first, False)
             slip[trans | partner] = -1
             touch_wrong &= ~(trans | partner)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 from types import MappingProxyType
 
-from keyboard_sim.channels import DEFAULT_RATES
+from keyboard_sim.channels import DEFAULT_RATES, RateTable
 from keyboard_sim.profile import POSTURES, TypistProfile
 
 RAW_TARGET_CER = 0.085
@@ -47,7 +47,7 @@ def committed_profile(scale: float = COMMITTED_SCALE) -> TypistProfile:
     rates = {c.value: min(1.0, r * scale) for c, r in DEFAULT_RATES.items()}
     return dataclasses.replace(
         base, name="committed", sigma_x_mm=base.sigma_x_mm * scale,
-        sigma_y_mm=base.sigma_y_mm * scale, rates=MappingProxyType(rates),
+        sigma_y_mm=base.sigma_y_mm * scale, rates=RateTable(rates),
     )
 
 

@@ -32,7 +32,7 @@ from types import MappingProxyType
 
 import numpy as np
 
-from keyboard_sim.channels import DEFAULT_RATES, Channel, validate_rates
+from keyboard_sim.channels import DEFAULT_RATES, Channel, RateTable, validate_rates
 
 
 class Posture(StrEnum):
@@ -75,7 +75,7 @@ class TypistProfile:
     fitts_a_s: float = 0.05
     fitts_b_s: float = 0.06
     cross_hand_factor: float = 2.0
-    rates: MappingProxyType = field(default_factory=lambda: MappingProxyType(dict(DEFAULT_RATES)))
+    rates: RateTable = field(default_factory=lambda: RateTable(DEFAULT_RATES))
 
     def __post_init__(self) -> None:
         try:
@@ -96,13 +96,13 @@ class TypistProfile:
                 f"keystroke_ms ({self.keystroke_ms}) must exceed Fitts' intercept "
                 f"fitts_a_s ({self.fitts_a_s} s), or be 0 to switch the speed term off"
             )
-        object.__setattr__(self, "rates", MappingProxyType(validate_rates(dict(self.rates))))
+        object.__setattr__(self, "rates", RateTable(validate_rates(dict(self.rates))))
 
     def with_rates(self, **rates: float) -> TypistProfile:
         """Returns a copy with some channel rates replaced (by channel value)."""
         merged = {c.value: r for c, r in self.rates.items()}
         merged.update(rates)
-        return dataclasses.replace(self, rates=MappingProxyType(merged))
+        return dataclasses.replace(self, rates=merged)
 
     def only(self, channel: Channel | str | None, rate: float = 1.0) -> TypistProfile:
         """Returns a copy where every channel is off (and taps are exact) except `channel`.
@@ -115,7 +115,7 @@ class TypistProfile:
         exact = channel is None or Channel(channel) != Channel.SUBSTITUTION
         return dataclasses.replace(
             self,
-            rates=MappingProxyType(zero),
+            rates=RateTable(zero),
             sigma_x_mm=0.0 if exact else self.sigma_x_mm,
             sigma_y_mm=0.0 if exact else self.sigma_y_mm,
             offset_x_mm=0.0,
@@ -125,7 +125,8 @@ class TypistProfile:
 
     def to_dict(self) -> dict:
         """A JSON-ready dict (rates by channel value)."""
-        d = dataclasses.asdict(self) | {"posture": self.posture.value}
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        d["posture"] = self.posture.value
         d["rates"] = {c.value: float(r) for c, r in self.rates.items()}
         return d
 
@@ -138,7 +139,9 @@ class TypistProfile:
             raise ValueError(f"unknown profile field(s): {', '.join(unknown)}")
         d = dict(d)
         if "rates" in d:
-            d["rates"] = MappingProxyType(dict(d["rates"]))
+            if not isinstance(d["rates"], dict):
+                raise ValueError("profile field rates must be an object of channel -> rate")
+            d["rates"] = RateTable(validate_rates(d["rates"]))
         return cls(**d)
 
     def save(self, path: str | Path) -> None:
@@ -171,7 +174,7 @@ POSTURES: MappingProxyType = MappingProxyType(
             name="physical", posture=Posture.PHYSICAL, sigma_x_mm=2.5, sigma_y_mm=2.5,
             offset_x_mm=0.0, offset_y_mm=0.0, keystroke_ms=200.0, fitts_a_s=0.05,
             fitts_b_s=0.04,
-            rates=MappingProxyType(
+            rates=RateTable(
                 dict(DEFAULT_RATES)
                 | {
                     Channel.SPACE_SUBSTITUTION: 0.0005,
@@ -238,7 +241,7 @@ def sample_profile(rng: np.random.Generator, population: Population = Population
         offset_x_mm=base.offset_x_mm + float(rng.normal(0.0, population.offset_sd_mm)),
         offset_y_mm=base.offset_y_mm + float(rng.normal(0.0, population.offset_sd_mm)),
         keystroke_ms=keystroke,
-        rates=MappingProxyType(rates),
+        rates=RateTable(rates),
     )
 
 
