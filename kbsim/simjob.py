@@ -1,0 +1,369 @@
+"""A simulation job: a file of clean texts in, a file of (noisy, clean) pairs out.
+
+What `kbsim simulate` and `kbsim demo` run. The input is streamed in chunks; each chunk is
+simulated by `keyboard_sim.simulate.simulate_batch` (in this process, or in a pool of worker
+processes that also serialise their output, so the parent only reads and writes) and written in
+input order. Record ids come from line numbers (or an id field) and each record's randomness
+from (seed, id), so the output's bytes do not depend on the number of workers or the chunk size.
+Memory stays bounded: at most a few chunks per worker are in flight.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing
+import os
+import sys
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from keyboard_sim.channels import Channel
+from keyboard_sim.io import (
+    INPUT_FORMATS,
+    OUTPUT_FORMATS,
+    JsonlWriter,
+    M2Writer,
+    ParquetWriter,
+    Rejects,
+    count_records,
+    input_format,
+    output_format,
+    pair_to_m2,
+    pairs_to_jsonl_bytes,
+    pairs_to_record_batch,
+    read_records,
+)
+from keyboard_sim.pair import Pair
+
+
+class ConfigError(ValueError):
+    """A bad job setting (unknown layout, unreadable profile, unknown format...)."""
+
+
+@dataclass(frozen=True)
+class SimulateJob:
+    """Everything one simulation run needs. Validated on construction (no I/O).
+
+    Attributes:
+        input: Clean texts: .txt (one message per line), .jsonl/.json or .parquet.
+        output: Pairs: .jsonl or .parquet.
+        layout: Shipped layout name or path to a layout JSON file.
+        profile: Preset name or path to a profile JSON file.
+        seed: Run seed.
+        workers: Worker processes (1: simulate in this process).
+        chunk_size: Records per chunk handed to a worker (affects speed, never output).
+        output_format: "jsonl" or "parquet"; None: from the output's extension.
+        input_format: "txt", "jsonl" or "parquet"; None: from the input's extension.
+        text_field: JSONL field or Parquet column with the text.
+        id_field: JSONL field or Parquet column with the record id (None: line number).
+        touches: Also record every keystroke's touch point.
+        rejects: JSONL file for unreadable records (None: the first one is an error).
+        m2: Also write an M2 edit file of the pairs here.
+        stats: Also count headline statistics of the pairs (see `PairStats`).
+    """
+
+    input: Path
+    output: Path
+    layout: str = "en-US"
+    profile: str = "raw"
+    seed: int = 0
+    workers: int = 1
+    chunk_size: int = 2048
+    output_format: str | None = None
+    input_format: str | None = None
+    text_field: str = "text"
+    id_field: str | None = None
+    touches: bool = False
+    rejects: Path | None = None
+    m2: Path | None = None
+    stats: bool = False
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ConfigError(f"workers must be >= 1, got {self.workers}")
+        if self.chunk_size < 1:
+            raise ConfigError(f"chunk size must be >= 1, got {self.chunk_size}")
+        if self.output_format is not None and self.output_format not in OUTPUT_FORMATS:
+            raise ConfigError(f"unknown output format {self.output_format!r}")
+        if self.input_format is not None and self.input_format not in INPUT_FORMATS:
+            raise ConfigError(f"unknown input format {self.input_format!r}")
+
+
+@dataclass
+class PairStats:
+    """Headline counts over pairs; mergeable (`+`), so chunks and workers add up exactly.
+
+    `distance` is the sum, over each pair's error edits, of the Levenshtein distance between
+    the edit's clean and noisy spans: the pair's character edit distance as the simulator made
+    it (an upper bound of the shortest one, and equal to it unless two edits could cancel).
+    Passthrough edits are not errors and are counted apart.
+    """
+
+    records: int = 0
+    changed: int = 0
+    clean_chars: int = 0
+    distance: int = 0
+    edits: Counter = field(default_factory=Counter)
+    passthrough: int = 0
+
+    @classmethod
+    def of(cls, pairs: list[Pair]) -> PairStats:
+        s = cls()
+        for p in pairs:
+            s.records += 1
+            s.clean_chars += len(p.clean)
+            s.changed += p.clean != p.noisy
+            for e in p.edits:
+                if e.type == Channel.PASSTHROUGH:
+                    s.passthrough += 1
+                    continue
+                s.edits[e.type.value] += 1
+                s.distance += _levenshtein(p.clean[e.clean_start:e.clean_end],
+                                           p.noisy[e.noisy_start:e.noisy_end])
+        return s
+
+    def __add__(self, other: PairStats) -> PairStats:
+        return PairStats(self.records + other.records, self.changed + other.changed,
+                         self.clean_chars + other.clean_chars, self.distance + other.distance,
+                         self.edits + other.edits, self.passthrough + other.passthrough)
+
+    @property
+    def cer(self) -> float:
+        """Character error rate: edit distance per clean character."""
+        return self.distance / self.clean_chars if self.clean_chars else 0.0
+
+
+def _levenshtein(a: str, b: str) -> int:
+    if not a or not b:
+        return len(a) + len(b)
+    if len(a) == 1 and len(b) == 1:
+        return int(a != b)
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        cur = [i]
+        for j, cb in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
+        prev = cur
+    return prev[-1]
+
+
+@dataclass
+class RunSummary:
+    """What a job did: every input record is either written or rejected."""
+
+    records_in: int = 0
+    written: int = 0
+    rejected: int = 0
+    seconds: float = 0.0
+    stats: PairStats | None = None
+
+    def line(self) -> str:
+        rate = self.written / self.seconds if self.seconds > 0 else 0.0
+        return (f"{self.records_in} records in, {self.written} written, {self.rejected} "
+                f"rejected, {self.seconds:.2f} s ({rate:,.0f} records/s)")
+
+
+# ----------------------------------------------------------------------------- workers
+
+# Per-process state of a worker, set once by `_init_worker` (also used in-process for 1 worker).
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(layout: str, profile: dict, seed: int, touches: bool, fmt: str, m2: bool,
+                 stats: bool) -> None:
+    """Builds the layout and profile once per worker process (spawn-safe: plain arguments)."""
+    from keyboard_sim.layout import load_layout
+    from keyboard_sim.profile import TypistProfile
+
+    _WORKER.update(layout=load_layout(layout), profile=TypistProfile.from_dict(profile),
+                   seed=seed, touches=touches, fmt=fmt, m2=m2, stats=stats)
+
+
+def _simulate_chunk(chunk: tuple[list[str], list[str]]) -> tuple[int, Any, str | None,
+                                                                  PairStats | None]:
+    """Simulates one chunk; returns (records, serialised output, M2 text, stats)."""
+    from keyboard_sim.simulate import simulate_batch
+
+    texts, ids = chunk
+    w = _WORKER
+    pairs = simulate_batch(texts, ids, w["profile"], w["layout"], w["seed"], touches=w["touches"])
+    if len(pairs) != len(texts):
+        raise RuntimeError(f"simulate_batch returned {len(pairs)} pairs for {len(texts)} texts")
+    if w["fmt"] == "jsonl":
+        payload = pairs_to_jsonl_bytes(pairs)
+    else:
+        payload = pairs_to_record_batch(pairs, w["touches"])
+    m2 = "".join(pair_to_m2(p) for p in pairs) if w["m2"] else None
+    return len(pairs), payload, m2, PairStats.of(pairs) if w["stats"] else None
+
+
+def _profile_dict(profile: Any) -> dict:
+    """The profile as plain data for `TypistProfile.from_dict` (picklable, for spawned workers).
+
+    Built field by field: `dataclasses.asdict` cannot copy the read-only rates mapping.
+    """
+    d = {f.name: getattr(profile, f.name) for f in dataclasses.fields(profile)}
+    d["posture"] = profile.posture.value
+    d["rates"] = {getattr(c, "value", c): float(r) for c, r in profile.rates.items()}
+    return d
+
+
+def _pool_context() -> Any:
+    """Fork where the platform has it (workers inherit loaded tables, so they start at once);
+    spawn elsewhere. The worker code needs nothing from the parent but its arguments, so any
+    start method works; KBSIM_START_METHOD (fork, spawn, forkserver) chooses one."""
+    methods = multiprocessing.get_all_start_methods()
+    method = os.environ.get("KBSIM_START_METHOD") or ("fork" if "fork" in methods else "spawn")
+    if method not in methods:
+        raise ConfigError(f"KBSIM_START_METHOD={method!r} is not one of {', '.join(methods)}")
+    return multiprocessing.get_context(method)
+
+
+# ----------------------------------------------------------------------------- the job
+
+
+def validate(job: SimulateJob) -> tuple[Any, Any, str, str]:
+    """Loads the layout and profile and settles the formats; raises `ConfigError`."""
+    from keyboard_sim.layout import load_layout
+    from keyboard_sim.profile import load_profile
+
+    try:
+        layout = load_layout(job.layout)
+        profile = load_profile(job.profile)
+        in_fmt = input_format(job.input, job.input_format)
+        out_fmt = output_format(job.output, job.output_format)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if not job.input.is_file():
+        raise ConfigError(f"input file {job.input} does not exist")
+    if job.id_field is not None and in_fmt == "txt":
+        raise ConfigError("plain text input has no fields: --id-field needs JSONL or Parquet")
+    if out_fmt == "parquet" or in_fmt == "parquet":
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            raise ConfigError("Parquet needs pyarrow: pip install 'kbsim[parquet]'") from None
+    return layout, profile, in_fmt, out_fmt
+
+
+def run_simulate(job: SimulateJob, progress: bool = False,
+                 on_chunk: Callable[[int], None] | None = None) -> RunSummary:
+    """Runs `job`; writes the output (and rejects, M2) atomically.
+
+    Args:
+        job: What to do.
+        progress: Show a progress bar on stderr.
+        on_chunk: Called with the number of input lines accounted for after each chunk.
+
+    Raises:
+        ConfigError: A bad setting, before anything is written.
+        InputError: A bad input record (without `job.rejects`); nothing is written.
+    """
+    t0 = time.perf_counter()
+    layout, profile, in_fmt, out_fmt = validate(job)
+    del layout  # loaded to validate it (and to warm the cache forked workers inherit)
+    init_args = (job.layout, _profile_dict(profile), job.seed, job.touches, out_fmt,
+                 job.m2 is not None, job.stats)
+    summary = RunSummary(stats=PairStats() if job.stats else None)
+
+    writer: Any = None
+    m2_writer: M2Writer | None = None
+    rejects: Rejects | None = None
+    pool = None
+    bar = None
+    try:
+        _init_worker(*init_args)
+        if job.workers > 1:
+            # Build the lazily loaded tables (lexicon, layout grids) once here, so that forked
+            # workers inherit them instead of each building its own.
+            _simulate_chunk((["Warm up, the tables."], ["warm-up"]))
+            # The pool before any thread starts here (tqdm's monitor): forking is then safe.
+            pool = _pool_context().Pool(job.workers, initializer=_init_worker,
+                                        initargs=init_args)
+        if progress:
+            from tqdm import tqdm
+
+            total = count_records(job.input, in_fmt)
+            bar = tqdm(total=total, unit="msg", file=sys.stderr, dynamic_ncols=True,
+                       desc="simulate")
+        rejects = Rejects(job.rejects) if job.rejects is not None else None
+        writer = (JsonlWriter(job.output) if out_fmt == "jsonl"
+                  else ParquetWriter(job.output, touches=job.touches))
+        m2_writer = M2Writer(job.m2) if job.m2 is not None else None
+        records = read_records(job.input, in_fmt, text_field=job.text_field,
+                               id_field=job.id_field, rejects=rejects)
+        done_lines = 0
+
+        def handle(result: tuple, last_line: int) -> None:
+            nonlocal done_lines
+            n, payload, m2, stats = result
+            if out_fmt == "jsonl":
+                writer.write_bytes(payload, n)
+            else:
+                writer.write_batch(payload)
+            if m2_writer is not None:
+                m2_writer.write_text(m2, n)
+            if summary.stats is not None:
+                summary.stats = summary.stats + stats
+            if bar is not None:
+                bar.update(last_line - done_lines)
+            done_lines = last_line
+            if on_chunk is not None:
+                on_chunk(done_lines)
+
+        if pool is None:
+            for chunk, last_line in _chunks(records, job.chunk_size):
+                handle(_simulate_chunk(chunk), last_line)
+        else:
+            # Bounded look-ahead instead of Pool.imap, whose feeder thread would read the
+            # whole input into its queue: at most two chunks per worker are in flight.
+            pending: deque = deque()
+            for chunk, last_line in _chunks(records, job.chunk_size):
+                pending.append((pool.apply_async(_simulate_chunk, (chunk,)), last_line))
+                if len(pending) >= 2 * job.workers:
+                    res, line = pending.popleft()
+                    handle(res.get(), line)
+            while pending:
+                res, line = pending.popleft()
+                handle(res.get(), line)
+        summary.written = writer.count
+        summary.rejected = rejects.count if rejects else 0
+        summary.records_in = summary.written + summary.rejected
+        if bar is not None:  # rejected lines after the last record
+            bar.update(max(0, summary.records_in - bar.n))
+    except BaseException:
+        for w in (writer, m2_writer, rejects):
+            if w is not None:
+                w.abort()
+        raise
+    finally:
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+        if bar is not None:
+            bar.close()
+    for w in (writer, m2_writer, rejects):
+        if w is not None:
+            w.close()
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def _chunks(records: Iterator, size: int) -> Iterator[tuple[tuple[list[str], list[str]], int]]:
+    """Groups records into (texts, ids) chunks, each with the line number of its last record."""
+    texts: list[str] = []
+    ids: list[str] = []
+    last = 0
+    for r in records:
+        texts.append(r.text)
+        ids.append(r.id)
+        last = r.line
+        if len(texts) >= size:
+            yield (texts, ids), last
+            texts, ids = [], []
+    if texts:
+        yield (texts, ids), last
