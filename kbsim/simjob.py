@@ -10,7 +10,6 @@ Memory stays bounded: at most a few chunks per worker are in flight.
 
 from __future__ import annotations
 
-import dataclasses
 import multiprocessing
 import os
 import sys
@@ -201,17 +200,6 @@ def _simulate_chunk(chunk: tuple[list[str], list[str]]) -> tuple[int, Any, str |
     return len(pairs), payload, m2, PairStats.of(pairs) if w["stats"] else None
 
 
-def _profile_dict(profile: Any) -> dict:
-    """The profile as plain data for `TypistProfile.from_dict` (picklable, for spawned workers).
-
-    Built field by field: `dataclasses.asdict` cannot copy the read-only rates mapping.
-    """
-    d = {f.name: getattr(profile, f.name) for f in dataclasses.fields(profile)}
-    d["posture"] = profile.posture.value
-    d["rates"] = {getattr(c, "value", c): float(r) for c, r in profile.rates.items()}
-    return d
-
-
 def _pool_context() -> Any:
     """Fork where the platform has it (workers inherit loaded tables, so they start at once);
     spawn elsewhere. The worker code needs nothing from the parent but its arguments, so any
@@ -266,7 +254,7 @@ def run_simulate(job: SimulateJob, progress: bool = False,
     t0 = time.perf_counter()
     layout, profile, in_fmt, out_fmt = validate(job)
     del layout  # loaded to validate it (and to warm the cache forked workers inherit)
-    init_args = (job.layout, _profile_dict(profile), job.seed, job.touches, out_fmt,
+    init_args = (job.layout, profile.to_dict(), job.seed, job.touches, out_fmt,
                  job.m2 is not None, job.stats)
     summary = RunSummary(stats=PairStats() if job.stats else None)
 
