@@ -66,11 +66,11 @@ def _partition(u: np.ndarray, eligible: list[np.ndarray], rates: list[float]) ->
     Each eligible channel fires with exactly its rate (while the eligible rates sum to <= 1).
     """
     choice = np.full(len(u), -1, dtype=np.int64)
-    lo = np.zeros(len(u))
+    lo = np.zeros(len(u), dtype=np.float64)
     for c, (elig, rate) in enumerate(zip(eligible, rates, strict=True)):
         if rate <= 0:
             continue
-        hi = lo + np.where(elig, rate, 0.0)
+        hi = lo + elig * rate
         fire = elig & (u >= lo) & (u < hi) & (choice < 0)
         choice[fire] = c
         lo = hi
@@ -129,7 +129,7 @@ class Engine:
         kc = keys[rec]
         T = tables()
         is_letter = lookup(T["is_letter"], cp, False)
-        is_apos = np.isin(cp, _APOS)
+        is_apos = (cp == _APOS[0]) | (cp == _APOS[1]) | (cp == _APOS[2])
         prev_letter = _shift_prev(is_letter, first, False)
         next_letter = _shift_next(is_letter, last, False)
         inner_apos = is_apos & prev_letter & next_letter
@@ -154,18 +154,18 @@ class Engine:
             if len(cand):
                 word_end_mask = wordchar & ~_shift_next(wordchar, last, False)
                 ends = np.flatnonzero(word_end_mask) + 1
+                cand_end = ends[np.searchsorted(ends, cand, side="right")]
+                is_miss = u_word[cand] < rm
                 lex = self.lexicon
-                for s in cand:
-                    e = int(ends[np.searchsorted(ends, s, side="right")])
+                miss, conf = lex.misspellings, lex.confusions
+                for s, e, mi, u in zip(cand.tolist(), cand_end.tolist(), is_miss.tolist(),
+                                       u_pick[cand].tolist(), strict=True):
                     word = joined[s:e]
-                    if u_word[s] < rm:
-                        options, channel = lex.misspellings.get(word.lower()), Channel.MISSPELLING
-                    else:
-                        options, channel = lex.confusions.get(word.lower()), Channel.REAL_WORD
+                    options = (miss if mi else conf).get(word.lower())
                     if not options:
                         continue
-                    rep = match_case(word, options[int(u_pick[s] * len(options))])
-                    word_edits.append((int(s), e, rep, channel))
+                    rep = match_case(word, options[int(u * len(options))])
+                    word_edits.append((s, e, rep, Channel.MISSPELLING if mi else Channel.REAL_WORD))
 
         # Output code points of the intended text T1 (what the typist means to type).
         new_cp = cp.copy()
@@ -238,10 +238,13 @@ class Engine:
         key = np.where(neutral, plan.key_in_group[safe_cid, np.clip(prev_state, 0, 2)],
                        plan.key[safe_cid])
         key = np.where(typeable & (key >= 0), key, np.where(typeable, plan.key[safe_cid], 0))
-        switch = L.switch_keys[np.clip(prev_state, 0, 2), np.clip(target_group, 0, 2)]
         needs_switch = typeable & ~neutral & (target_group != prev_state)
-        sw1 = np.where(needs_switch, switch[:, 0], -1)
-        sw2 = np.where(needs_switch, switch[:, 1], -1)
+        sw1 = np.full(m, -1, dtype=np.int64)
+        sw2 = np.full(m, -1, dtype=np.int64)
+        ns = np.flatnonzero(needs_switch)
+        if len(ns):
+            switch = L.switch_keys[prev_state[ns], target_group[ns]]
+            sw1[ns], sw2[ns] = switch[:, 0], switch[:, 1]
         shift_key = L.find_key("letters", action="shift")
         shift = typeable & plan.shift[safe_cid] & (shift_key >= 0)
 
@@ -249,12 +252,11 @@ class Engine:
         tap_key = np.stack([sw1, sw2, np.where(shift, shift_key, -1),
                             np.where(typeable, key, -1)], axis=1)
         tap_mask = tap_key >= 0
-        tap_char = np.repeat(np.arange(m), 4)[tap_mask.ravel()]
-        tap_slot = np.tile(np.arange(4), m)[tap_mask.ravel()]
-        tk = tap_key.ravel()[tap_mask.ravel()]
-        n_taps = len(tk)
+        tap_char, tap_slot = np.nonzero(tap_mask)
+        tk = tap_key[tap_char, tap_slot]
         tap_rec = rec[tap_char]
-        tap_first = np.searchsorted(tap_rec, tap_rec, side="left") if n_taps else tap_rec
+        taps_per_rec = np.bincount(tap_rec, minlength=len(lens))
+        tap_first = (np.cumsum(taps_per_rec) - taps_per_rec)[tap_rec]
         cx, cy = a["cx"][tk], a["cy"][tk]
         dig = digits(prof.posture, cx, L.width_mm)
         sx, sy, ox, oy = tap_spread(prof, cx, cy, dig, tap_first)
@@ -412,11 +414,12 @@ class Engine:
             starts_l.append(ed["start"])
             ends_l.append(ed["end"])
             types_l.append(ed["type"])
-        for s, e, rep, ch in edits_a["words"]:
-            starts_l.append(np.array([s]))
-            ends_l.append(np.array([e]))
-            types_l.append(np.array([CODE[ch]]))
-            reps.append(rep)
+        words = edits_a["words"]
+        if words:
+            starts_l.append(np.array([w[0] for w in words], dtype=np.int64))
+            ends_l.append(np.array([w[1] for w in words], dtype=np.int64))
+            types_l.append(np.array([CODE[w[3]] for w in words], dtype=np.int64))
+            reps += [w[2] for w in words]
         n_pass = 0
         if "pass_start" in edits_b:
             ps, pe = edits_b["pass_start"], edits_b["pass_end"]
@@ -439,11 +442,12 @@ class Engine:
         g_start_l, g_end_l, g_type_l, bounds_l = (g_start.tolist(), g_end.tolist(),
                                                   g_type.tolist(), bounds.tolist())
         chans = CHANNELS
+        new = tuple.__new__
         for r, text in enumerate(texts):
             lo, hi = bounds_l[r], bounds_l[r + 1]
             tl = touch_lists[r] if touch_lists is not None else None
             if lo == hi:
-                pairs.append(Pair(ids[r], text, text, (), tl))
+                pairs.append(new(Pair, (ids[r], text, text, (), tl)))
                 continue
             base = rec_starts[r]
             parts = []
@@ -459,11 +463,11 @@ class Engine:
                 parts.append(text[c_pos:s])
                 n_pos += s - c_pos
                 parts.append(rep)
-                edits.append(Edit(chans[g_type_l[j]], s, e, n_pos, n_pos + len(rep)))
+                edits.append(new(Edit, (chans[g_type_l[j]], s, e, n_pos, n_pos + len(rep))))
                 n_pos += len(rep)
                 c_pos = e
             parts.append(text[c_pos:])
-            pairs.append(Pair(ids[r], text, "".join(parts), tuple(edits), tl))
+            pairs.append(new(Pair, (ids[r], text, "".join(parts), tuple(edits), tl)))
         return pairs
 
     def _touch_lists(self, taps, t1, n_records):

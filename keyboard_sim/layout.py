@@ -44,7 +44,7 @@ class Key:
         return self.y + self.h / 2
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class CharPlan:
     """How each typeable character is typed, as arrays indexed by character id.
 
@@ -64,13 +64,19 @@ class CharPlan:
     long_press: np.ndarray
     key_in_group: np.ndarray
 
+    @cached_property
+    def _dense(self) -> np.ndarray:
+        """Char id for every code point up to the largest typeable one (-1 elsewhere)."""
+        top = int(self.cps.max()) + 1 if len(self.cps) else 1
+        table = np.full(top, -1, dtype=np.int64)
+        table[self.cps.astype(np.int64)] = np.arange(len(self.cps))
+        return table
+
     def lookup(self, cps: np.ndarray) -> np.ndarray:
         """Char ids for code points, -1 where the layout cannot type the character."""
-        if len(self.cps) == 0:
-            return np.full(len(cps), -1, dtype=np.int64)
-        idx = np.searchsorted(self.cps, cps)
-        idx = np.minimum(idx, len(self.cps) - 1)
-        return np.where(self.cps[idx] == cps, idx, -1)
+        table = self._dense
+        inside = cps < len(table)
+        return np.where(inside, table[np.where(inside, cps, 0)], -1)
 
 
 class Layout:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import NamedTuple
 
 from keyboard_sim.channels import Channel
@@ -30,9 +29,8 @@ class Touch(NamedTuple):
     key: str
 
 
-@dataclass(frozen=True, slots=True)
-class Pair:
-    """A clean text, what the typist produced, and how one became the other."""
+class Pair(NamedTuple):
+    """A clean text, what the typist produced, and how one became the other (immutable)."""
 
     id: str
     clean: str

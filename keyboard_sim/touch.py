@@ -34,13 +34,26 @@ def previous_same_digit(digit: np.ndarray, first_of_record: np.ndarray) -> np.nd
         first_of_record: Index of the first tap of each tap's record.
     """
     n = len(digit)
-    idx = np.arange(n)
     prev = np.full(n, -1, dtype=np.int64)
-    for d in np.unique(digit):
-        mine = digit == d
-        last = np.maximum.accumulate(np.where(mine, idx, -1))
-        shifted = np.concatenate(([-1], last[:-1]))
-        prev[mine] = shifted[mine]
+    if n == 0:
+        return prev
+    idx = np.arange(n, dtype=np.int32)
+    if int(digit.max()) == 0:
+        prev[1:] = idx[:-1]
+    else:
+        # Two digits alternate in runs. The previous tap of my digit is the tap before me if it
+        # is mine, else the one before the run of the other digit that precedes me.
+        change = np.empty(n, dtype=bool)
+        change[0] = True
+        change[1:] = digit[1:] != digit[:-1]
+        run_start = np.maximum.accumulate(np.where(change, idx, np.int32(0)))
+        before = np.empty(n, dtype=np.int64)
+        before[0] = -1
+        before[1:] = run_start[:-1].astype(np.int64) - 1
+        prev[1:] = idx[:-1]
+        prev = np.where(change, before, prev)
+        if int(digit.max()) > 1:
+            raise ValueError("previous_same_digit supports at most two digits")
     prev[prev < first_of_record] = -1
     return prev
 
@@ -63,7 +76,9 @@ def tap_spread(profile: TypistProfile, key_cx: np.ndarray, key_cy: np.ndarray,
         prev = previous_same_digit(digit, first_of_record)
         has = prev >= 0
         safe = np.where(has, prev, 0)
-        dist = np.where(has, np.hypot(key_cx - key_cx[safe], key_cy - key_cy[safe]), 0.0)
+        cx32, cy32 = key_cx.astype(np.float32), key_cy.astype(np.float32)
+        dist = np.hypot(cx32 - cx32[safe], cy32 - cy32[safe])
+        dist[~has] = 0.0
         gap = np.where(has, np.arange(n) - safe, 1)
         mt = gap * (profile.keystroke_ms / 1000.0)
         rel = relative_sigma(dist, mt, profile.fitts_a_s, profile.fitts_b_s)
