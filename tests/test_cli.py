@@ -192,6 +192,26 @@ def test_console_script_exit_status_without_traceback(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+def test_calibrate_then_fidelity(tmp_path, capsys):
+    """The two thin wrappers: fit a profile to real-looking pairs, then compare with it."""
+    pairs = tmp_path / "pairs.tsv"
+    rows = [("the quick brown fox", "teh quick brown fox"), ("see you soon", "see yousoon"),
+            ("hello there", "hello there"), ("I dont know", "I dont kno"),
+            ("what time is it", "whta time is it"), ("good morning", "good morning")] * 5
+    pairs.write_text("participant_id\ttarget\ttyped\n"
+                     + "".join(f"{i % 3}\t{t}\t{n}\n" for i, (t, n) in enumerate(rows)),
+                     encoding="utf-8")
+    prof = tmp_path / "me.json"
+    assert _run("calibrate", "--pairs", pairs, "--out", prof) == 0
+    from keyboard_sim.profile import load_profile
+
+    assert load_profile(prof).rates  # a valid profile file
+    capsys.readouterr()
+    assert _run("fidelity", "--pairs", pairs, "--profile", prof, "--seed", "1") == 0
+    assert "character error rate" in capsys.readouterr().out
+    assert _run("calibrate", "--pairs", tmp_path / "none.tsv", "--out", prof) == 2
+
+
 def test_spawned_workers_give_the_same_bytes(tmp_path):
     """Workers started by spawn (the default on macOS and Windows) rebuild their state from
     plain arguments and give exactly what one process gives."""
