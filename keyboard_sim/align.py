@@ -409,6 +409,15 @@ def align(clean: str, noisy: str, lexicon: Lexicon | None = None) -> Alignment:
     return Alignment(clean, noisy, tuple(ops), label(clean, noisy, ops, lexicon))
 
 
+def resolve_lexicon(spec: Lexicon | str | None) -> Lexicon | None:
+    """A lexicon from a `keyboard_sim.lexicon.load_lexicon` source name, or as given."""
+    if spec is None or not isinstance(spec, str):
+        return spec
+    from keyboard_sim.lexicon import load_lexicon
+
+    return load_lexicon(spec)
+
+
 def align_pairs(
     pairs: Iterable[tuple[str, str]], lexicon: Lexicon | None = None
 ) -> list[Alignment]:

@@ -13,12 +13,13 @@ The estimator, in three steps:
    cross-digit to the same-digit rate when both have at least `MIN_EVENTS` events.
 
 2. **Touch model.** Substitutions of a character (letter, digit or punctuation mark on the
-   letters/shift layers) by the character of another key there are touch misses. For a Gaussian tap with spread (sigma_x, sigma_y) and offset (o_x, o_y) the
-   probability of landing on each neighbouring key follows from the layout's geometry; it is
-   integrated exactly over a fine grid around every key (normal CDF differences per axis, the
-   layout's own decoder deciding which key owns each cell, so edge keys, staggered rows, the
-   space bar and function keys count as they do in the simulator). Four moments are matched by
-   bisection, one parameter at a time, repeated until they settle: the rate of visible misses
+   letters/shift layers) by the character of another key there are touch misses. For a
+   Gaussian tap with spread (sigma_x, sigma_y) and offset (o_x, o_y) the probability of landing
+   on each neighbouring key follows from the layout's geometry; it is integrated exactly over a
+   fine grid around every key (normal CDF differences per axis, the layout's own decoder
+   deciding which key owns each cell, so edge keys, staggered rows, the space bar and function
+   keys count as they do in the simulator). Four moments are matched, first by bisection one
+   parameter at a time and then jointly by damped Gauss-Newton: the rate of visible misses
    per tap (-> spread), the share of misses that change row (-> sigma_y / sigma_x), and the
    mean displacement from the intended to the typed key centre (-> offset; mirrored for the
    right thumb in two-thumb typing, as touch.py mirrors it). With fewer than `MIN_TOUCH`
@@ -62,7 +63,7 @@ from types import MappingProxyType
 import numpy as np
 
 from keyboard_sim import unicode_tables
-from keyboard_sim.align import WORD_RE, Alignment, Lexicon, align
+from keyboard_sim.align import WORD_RE, Alignment, Lexicon, align, resolve_lexicon
 from keyboard_sim.channels import RATED, Channel
 from keyboard_sim.layout import Layout, load_layout
 from keyboard_sim.profile import POSTURES, Posture, TypistProfile, load_profile
@@ -422,7 +423,8 @@ class TouchGeometry:
         xc = (self.ex[:-1] + self.ex[1:]) / 2
         yc = (self.ey[:-1] + self.ey[1:]) / 2
         X, Y = np.meshgrid(xc, yc)
-        text = layout.key_text
+        # Keys whose tap types a character other than a space (a visible substitution).
+        typed_char = np.array([bool(t) and t != " " for t in layout.key_text])
         K = len(self.keys)
         self.visible = np.zeros((K, ny, nx))
         self.dx = np.zeros((K, ny, nx))
@@ -435,8 +437,7 @@ class TouchGeometry:
         for i, k in enumerate(self.keys):
             owner = layout.decode(np.full(X.size, a["layer"][k]), a["cx"][k] + X.ravel(),
                                   a["cy"][k] + Y.ravel()).reshape(X.shape)
-            vis = np.array([[bool(text[o]) and text[o] != " " for o in row] for row in owner])
-            vis &= owner != k
+            vis = typed_char[owner] & (owner != k)
             self.visible[i] = vis
             self.dx[i] = np.where(vis, a["cx"][owner] - a["cx"][k], 0.0) * self.sign[i]
             self.dy[i] = np.where(vis, a["cy"][owner] - a["cy"][k], 0.0)
@@ -549,8 +550,58 @@ def fit_touch(geom: TouchGeometry, observed: tuple[float, ...], base: TypistProf
             _solve(geom, params, 2, mx_obs, -0.45 * geom.pitch, 0.45 * geom.pitch)
             _solve(geom, params, 3, my_obs, -0.45 * geom.row_h, 0.45 * geom.row_h)
             _solve(geom, params, 0, v_target, 1e-3, hi)
+        _gauss_newton(geom, params, (v_target, rc_obs, mx_obs, my_obs))
     s, ratio, ox, oy = params
     return TouchFit(s, s * ratio, ox, oy, misses, taps, shape)
+
+
+def _gauss_newton(geom: TouchGeometry, params: list[float], target: tuple[float, ...],
+                  iters: int = 25) -> None:
+    """Polishes all four touch parameters at once (damped Gauss-Newton, numeric Jacobian).
+
+    One-at-a-time bisection gets close but crawls along the ridge where spread and offset trade
+    off; this finishes the job. Parameters are updated in place, and only if the fit improves.
+    """
+    lo = np.array([math.log(1e-3), math.log(0.2), -0.45 * geom.pitch, -0.45 * geom.row_h])
+    hi = np.array([math.log(2.0 * max(geom.pitch, geom.row_h)), math.log(5.0),
+                   0.45 * geom.pitch, 0.45 * geom.row_h])
+    scale = np.array([1.0, 1.0, geom.pitch, geom.row_h])
+
+    def resid(x: np.ndarray) -> np.ndarray:
+        s, r = math.exp(x[0]), math.exp(x[1])
+        m = geom.moments(s, s * r, x[2], x[3])
+        if m[0] <= 0:
+            return np.full(4, np.inf)
+        return np.array([math.log(m[0] / target[0]), m[1] - target[1],
+                         (m[2] - target[2]) / scale[2], (m[3] - target[3]) / scale[3]])
+
+    x = np.array([math.log(params[0]), math.log(params[1]), params[2], params[3]])
+    r = resid(x)
+    cost = float(r @ r)
+    for _ in range(iters):
+        if cost < 1e-14:
+            break
+        h = 1e-5 * scale
+        J = np.empty((4, 4))
+        for j in range(4):
+            xj = x.copy()
+            xj[j] += h[j]
+            J[:, j] = (resid(xj) - r) / h[j]
+        if not np.all(np.isfinite(J)):
+            break
+        step = np.linalg.lstsq(J, -r, rcond=None)[0]
+        t, improved = 1.0, False
+        while t > 1e-3:
+            cand = np.clip(x + t * step, lo, hi)
+            rc = resid(cand)
+            c = float(rc @ rc)
+            if c < cost:
+                x, r, cost, improved = cand, rc, c, True
+                break
+            t /= 2
+        if not improved:
+            break
+    params[:] = [math.exp(x[0]), math.exp(x[1]), float(x[2]), float(x[3])]
 
 
 def mean_relative_variance(texts: Sequence[str], layout: Layout, profile: TypistProfile,
@@ -686,13 +737,11 @@ def calibrate_detailed(
         name: Name of the fitted profile.
         max_refine_texts: Simulate at most this many intended texts per refinement round.
     """
-    from keyboard_sim.fidelity import _lexicon
-
     lay = load_layout(layout)
     if base is None:
         base = POSTURES["physical"] if lay.kind == "physical" else POSTURES["two_thumbs"]
     base = load_profile(base)
-    lex = _lexicon(lexicon)
+    lex = resolve_lexicon(lexicon)
     norm = [(normalise(c, strip_trailing), normalise(n, strip_trailing)) for c, n in pairs]
     counter = UnitCounter(lay, base.posture, lex)
     counts = counter.count_all(align(c, n, lex) for c, n in norm)

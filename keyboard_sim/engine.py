@@ -15,6 +15,8 @@ its type and spans in both strings when it is made; nothing is recovered by diff
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 
 from keyboard_sim import rng
@@ -28,6 +30,7 @@ from keyboard_sim.unicode_tables import APOSTROPHES, PUNCTUATION, lookup, tables
 
 CHANNELS = list(Channel)
 CODE = {c: i for i, c in enumerate(CHANNELS)}
+_CHANNEL_OBJ = np.array(CHANNELS, dtype=object)
 STREAM_HABIT, STREAM_SLIP, STREAM_TOUCH = 1, 2, 3
 _APOS = np.array([ord(c) for c in APOSTROPHES], dtype=np.uint32)
 _PUNCT = np.array([ord(c) for c in PUNCTUATION], dtype=np.uint32)
@@ -77,6 +80,16 @@ def _partition(u: np.ndarray, eligible: list[np.ndarray], rates: list[float]) ->
     return choice
 
 
+def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Concatenation of arange(s, s + n) for each (s, n), vectorised."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    total = int(lengths.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.int64)
+    offs = np.cumsum(lengths) - lengths
+    return np.repeat(np.asarray(starts, dtype=np.int64) - offs, lengths) + np.arange(total)
+
+
 def _cps_to_str(cps: np.ndarray) -> str:
     return cps.astype(np.uint32).tobytes().decode("utf-32-le", "surrogatepass")
 
@@ -117,7 +130,7 @@ class Engine:
 
         edits_a, t1 = self._habits(cp, lens, starts, keys, joined)
         edits_b, taps = self._typing(t1, lens, keys, touches)
-        return self._assemble(texts, ids, starts, edits_a, edits_b, taps, t1)
+        return self._assemble(texts, ids, cp, starts, edits_a, edits_b, taps, t1)
 
     # ------------------------------------------------------------------- stage A: habits
     def _habits(self, cp, lens, starts, keys, joined):
@@ -277,10 +290,12 @@ class Engine:
             if name in L.layer_names:
                 from_layer[g] = L.layer_names.index(name)
         fallback_layer = np.array([from_layer.get(g, letters) for g in range(3)])
-        layer = a["layer"][key[main_char]]
-        layer = np.where(miss_mod[main_char], fallback_layer[np.clip(prev_state[main_char], 0, 2)],
-                         layer)
-        decoded = L.decode(layer, main_x, main_y)
+        decoded = hit_key[main]
+        redo = np.flatnonzero(miss_mod[main_char])
+        if len(redo):
+            c = main_char[redo]
+            decoded[redo] = L.decode(fallback_layer[np.clip(prev_state[c], 0, 2)], main_x[redo],
+                                     main_y[redo])
         dec = np.full(m, -1, dtype=np.int64)
         dec[main_char] = decoded
         touch_wrong = typeable & (dec != key)
@@ -340,7 +355,7 @@ class Engine:
             k = key[s]
             f = u_aux[s] * nb_count[k]
             nb = nb_table[k, f.astype(np.int64)]
-            nb_cp = np.array([ord(L.key_text[j][0]) for j in nb], dtype=np.int64)
+            nb_cp = L.key_cp[nb]
             before = (f % 1.0) >= 0.5
             etype[s] = CODE[Channel.NEIGHBOR_INSERTION]
             rep1[s] = np.where(before, nb_cp, c64[s])
@@ -352,7 +367,7 @@ class Engine:
                                   a["cx"][key[s]]), sr["x_lo"], sr["x_hi"] - 1e-6)
             hit = L.decode(np.full(len(xs), letters), xs, np.full(len(xs), sr["above_y"]))
             etype[s] = CODE[Channel.SPACE_SUBSTITUTION]
-            rep1[s] = [ord(L.key_text[j][0]) if L.key_text[j] else -1 for j in hit]
+            rep1[s] = L.key_cp[hit]
         if rt > 0:
             etype[trans] = CODE[Channel.TRANSPOSITION]
             span[trans] = 2
@@ -361,8 +376,7 @@ class Engine:
         # Touch errors where nothing else happened.
         tw = touch_wrong & (etype < 0) & ~prot
         if tw.any():
-            out_cp = np.array([ord(L.key_text[j][0]) if L.key_text[j] else -1 for j in dec[tw]],
-                              dtype=np.int64)
+            out_cp = L.key_cp[dec[tw]]
             kind = np.full(len(out_cp), CODE[Channel.SUBSTITUTION])
             kind[is_space[tw] & (out_cp >= 0) & (out_cp != 32)] = CODE[Channel.SPACE_SUBSTITUTION]
             kind[~is_space[tw] & (out_cp == 32)] = CODE[Channel.SPACE_INSERTION]
@@ -397,78 +411,83 @@ class Engine:
         return edits, taps
 
     # ------------------------------------------------------------------------- assembly
-    def _assemble(self, texts, ids, starts, edits_a, edits_b, taps, t1):
-        starts_l = []
-        ends_l = []
-        types_l = []
-        reps: list[str] = []
-        # Single-code-point or two-code-point replacements, decoded in one go.
+    def _assemble(self, texts, ids, cp, starts, edits_a, edits_b, taps, t1):
+        """Applies every edit at once: builds the noisy code points, then the records."""
+        # Gather edits: clean spans, types and replacement code points (ragged).
+        g_start, g_end, g_type, rep_cps, rep_len = [], [], [], [], []
         for ed in (edits_a, edits_b):
             rep = ed["rep"]
             valid = rep >= 0
-            flat = rep[valid]
-            counts = valid.sum(axis=1)
-            joined = _cps_to_str(flat)
-            offs = np.concatenate(([0], np.cumsum(counts)))
-            reps += [joined[offs[i] : offs[i + 1]] for i in range(len(counts))]
-            starts_l.append(ed["start"])
-            ends_l.append(ed["end"])
-            types_l.append(ed["type"])
+            g_start.append(ed["start"])
+            g_end.append(ed["end"])
+            g_type.append(ed["type"])
+            rep_cps.append(rep[valid])
+            rep_len.append(valid.sum(axis=1))
         words = edits_a["words"]
         if words:
-            starts_l.append(np.array([w[0] for w in words], dtype=np.int64))
-            ends_l.append(np.array([w[1] for w in words], dtype=np.int64))
-            types_l.append(np.array([CODE[w[3]] for w in words], dtype=np.int64))
-            reps += [w[2] for w in words]
-        n_pass = 0
+            g_start.append(np.array([w[0] for w in words], dtype=np.int64))
+            g_end.append(np.array([w[1] for w in words], dtype=np.int64))
+            g_type.append(np.array([CODE[w[3]] for w in words], dtype=np.int64))
+            joined = "".join(w[2] for w in words)
+            rep_cps.append(np.frombuffer(joined.encode("utf-32-le", "surrogatepass"),
+                                         dtype=np.uint32).astype(np.int64))
+            rep_len.append(np.array([len(w[2]) for w in words], dtype=np.int64))
         if "pass_start" in edits_b:
             ps, pe = edits_b["pass_start"], edits_b["pass_end"]
-            n_pass = len(ps)
-            starts_l.append(ps)
-            ends_l.append(pe)
-            types_l.append(np.full(n_pass, CODE[Channel.PASSTHROUGH]))
-            reps += [None] * n_pass  # unchanged text
-        g_start = np.concatenate(starts_l).astype(np.int64)
-        g_end = np.concatenate(ends_l).astype(np.int64)
-        g_type = np.concatenate(types_l).astype(np.int64)
+            g_start.append(ps)
+            g_end.append(pe)
+            g_type.append(np.full(len(ps), CODE[Channel.PASSTHROUGH]))
+            lens = pe - ps
+            rep_cps.append(cp[_ranges(ps, lens)].astype(np.int64))
+            rep_len.append(lens)
+        g_start = np.concatenate(g_start).astype(np.int64)
+        g_end = np.concatenate(g_end).astype(np.int64)
+        g_type = np.concatenate(g_type).astype(np.int64)
+        rep_cps = np.concatenate(rep_cps)
+        rep_len = np.concatenate(rep_len).astype(np.int64)
+        rep_off = np.cumsum(rep_len) - rep_len
         order = np.argsort(g_start, kind="stable")
         g_start, g_end, g_type = g_start[order], g_end[order], g_type[order]
-        reps = [reps[i] for i in order]
-        bounds = np.searchsorted(g_start, starts)
-        touch_lists = self._touch_lists(taps, t1, len(texts)) if taps is not None else None
+        rep_cps = rep_cps[_ranges(rep_off[order], rep_len[order])]
+        rep_len = rep_len[order]
 
-        pairs = []
-        rec_starts = starts.tolist()
-        g_start_l, g_end_l, g_type_l, bounds_l = (g_start.tolist(), g_end.tolist(),
-                                                  g_type.tolist(), bounds.tolist())
-        chans = CHANNELS
-        new = tuple.__new__
-        for r, text in enumerate(texts):
-            lo, hi = bounds_l[r], bounds_l[r + 1]
-            tl = touch_lists[r] if touch_lists is not None else None
-            if lo == hi:
-                pairs.append(new(Pair, (ids[r], text, text, (), tl)))
-                continue
-            base = rec_starts[r]
-            parts = []
-            edits = []
-            c_pos = 0
-            n_pos = 0
-            for j in range(lo, hi):
-                s = g_start_l[j] - base
-                e = g_end_l[j] - base
-                rep = reps[j]
-                if rep is None:
-                    rep = text[s:e]
-                parts.append(text[c_pos:s])
-                n_pos += s - c_pos
-                parts.append(rep)
-                edits.append(new(Edit, (chans[g_type_l[j]], s, e, n_pos, n_pos + len(rep))))
-                n_pos += len(rep)
-                c_pos = e
-            parts.append(text[c_pos:])
-            pairs.append(new(Pair, (ids[r], text, "".join(parts), tuple(edits), tl)))
-        return pairs
+        # Output count per clean position: 1 if untouched, the replacement's length at an
+        # edit's first position, 0 elsewhere inside an edit.
+        n = len(cp)
+        depth = np.zeros(n + 1, dtype=np.int64)
+        np.add.at(depth, g_start, 1)
+        np.add.at(depth, g_end, -1)
+        inside = np.cumsum(depth[:-1]) > 0
+        count = (~inside).astype(np.int64)
+        count[g_start] = rep_len
+        out_start = np.cumsum(count) - count
+        noisy_cp = np.empty(int(count.sum()), dtype=np.uint32)
+        keep = np.flatnonzero(~inside)
+        noisy_cp[out_start[keep]] = cp[keep]
+        noisy_cp[_ranges(out_start[g_start], rep_len)] = rep_cps
+        noisy_all = _cps_to_str(noisy_cp)
+        rec_out = np.concatenate(([0], np.cumsum(count)))[starts]
+
+        # Edits with spans local to their record, in both strings.
+        bounds = np.searchsorted(g_start, starts)
+        rec_of = np.repeat(np.arange(len(texts)), np.diff(bounds))
+        cs = g_start - starts[rec_of]
+        ce = g_end - starts[rec_of]
+        ns = out_start[g_start] - rec_out[rec_of]
+        ne = ns + rep_len
+        make_edit = partial(tuple.__new__, Edit)
+        edits = list(map(make_edit, zip(_CHANNEL_OBJ[g_type].tolist(), cs.tolist(), ce.tolist(),
+                                        ns.tolist(), ne.tolist())))
+        touch_lists = self._touch_lists(taps, t1, len(texts)) if taps is not None else None
+        b = bounds.tolist()
+        ro = rec_out.tolist()
+        noisy = [texts[r] if b[r] == b[r + 1] else noisy_all[ro[r] : ro[r + 1]]
+                 for r in range(len(texts))]
+        rec_edits = [tuple(edits[b[r] : b[r + 1]]) if b[r] < b[r + 1] else ()
+                     for r in range(len(texts))]
+        make_pair = partial(tuple.__new__, Pair)
+        tl = touch_lists if touch_lists is not None else [None] * len(texts)
+        return list(map(make_pair, zip(ids, texts, noisy, rec_edits, tl)))
 
     def _touch_lists(self, taps, t1, n_records):
         """Per record, every keystroke (x, y, key label) in time order."""

@@ -35,6 +35,7 @@ from keyboard_sim.align import (
     align,
     label_op,
     op_word,
+    resolve_lexicon,
     word_index,
     word_spans,
 )
@@ -341,7 +342,7 @@ def compare(
     from keyboard_sim.profile import load_profile
     from keyboard_sim.simulate import simulate
 
-    lex = _lexicon(lexicon)
+    lex = resolve_lexicon(lexicon)
     prof = load_profile(profile)
     lay = load_layout(layout)
     clean = [c for c, _ in pairs]
@@ -381,11 +382,3 @@ def fidelity_report(
         logged = logged[:limit]
     pairs = [(p.clean, p.noisy) for p in logged]
     return compare(pairs, profile, layout, seed, lexicon=lexicon, source=str(pairs_path))
-
-
-def _lexicon(spec: Lexicon | str | None) -> Lexicon | None:
-    if spec is None or not isinstance(spec, str):
-        return spec
-    from keyboard_sim.lexicon import load_lexicon
-
-    return load_lexicon(spec)

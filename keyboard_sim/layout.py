@@ -139,6 +139,11 @@ class Layout:
         return [q.text or "" for q in self.keys]
 
     @cached_property
+    def key_cp(self) -> np.ndarray:
+        """Code point each key types (its text's first character), -1 for function keys."""
+        return np.array([ord(t[0]) if t else -1 for t in self.key_text], dtype=np.int64)
+
+    @cached_property
     def pitch_mm(self) -> float:
         """Width of a letter key (the most common text-key width on the letters layer)."""
         widths = [round(q.w, 2) for q in self.keys if q.layer == "letters" and q.text

@@ -62,32 +62,36 @@ def relative_sigma(distance_mm: np.ndarray, movement_s: np.ndarray, a: float, b:
     """FFitts relative spread (mm) for moving `distance_mm` in `movement_s` seconds."""
     if b <= 0:
         return np.zeros_like(distance_mm)
-    bits = np.clip((movement_s - a) / b, 1e-3, 60.0)
-    return distance_mm / (SQRT_2PIE * (np.exp2(bits) - 1.0))
+    dtype = np.result_type(distance_mm, movement_s)
+    bits = np.clip((movement_s - dtype.type(a)) / dtype.type(b), 1e-3, 60.0)
+    return distance_mm / (dtype.type(SQRT_2PIE) * (np.exp2(bits) - 1))
 
 
 def tap_spread(profile: TypistProfile, key_cx: np.ndarray, key_cy: np.ndarray,
                digit: np.ndarray, first_of_record: np.ndarray):
     """Per-tap (sigma_x, sigma_y, offset_x, offset_y) in mm for taps aimed at given centres."""
     n = len(key_cx)
-    sx = np.full(n, profile.sigma_x_mm)
-    sy = np.full(n, profile.sigma_y_mm)
+    f32 = np.float32
+    sx = np.full(n, profile.sigma_x_mm, dtype=f32)
+    sy = np.full(n, profile.sigma_y_mm, dtype=f32)
     if profile.keystroke_ms > 0 and n:
         prev = previous_same_digit(digit, first_of_record)
         has = prev >= 0
         safe = np.where(has, prev, 0)
-        cx32, cy32 = key_cx.astype(np.float32), key_cy.astype(np.float32)
+        cx32, cy32 = key_cx.astype(f32), key_cy.astype(f32)
         dist = np.hypot(cx32 - cx32[safe], cy32 - cy32[safe])
         dist[~has] = 0.0
-        gap = np.where(has, np.arange(n) - safe, 1)
-        mt = gap * (profile.keystroke_ms / 1000.0)
+        gap = np.where(has, np.arange(n) - safe, 1).astype(f32)
+        mt = gap * f32(profile.keystroke_ms / 1000.0)
         rel = relative_sigma(dist, mt, profile.fitts_a_s, profile.fitts_b_s)
-        sx = np.sqrt(sx**2 + rel**2)
-        sy = np.sqrt(sy**2 + rel**2)
-    ox = np.full(n, profile.offset_x_mm)
+        sx = np.sqrt(sx * sx + rel * rel)
+        sy = np.sqrt(sy * sy + rel * rel)
     if profile.posture == Posture.TWO_THUMBS:
-        ox = np.where(digit == 1, -ox, ox)  # both thumbs err towards the middle
-    oy = np.full(n, profile.offset_y_mm)
+        # Both thumbs err towards the middle: the right thumb's x offset is mirrored.
+        ox = (1 - 2 * digit).astype(f32) * f32(profile.offset_x_mm)
+    else:
+        ox = np.full(n, profile.offset_x_mm, dtype=f32)
+    oy = np.full(n, profile.offset_y_mm, dtype=f32)
     return sx, sy, ox, oy
 
 
