@@ -38,6 +38,7 @@ _SPACE = np.uint32(32)
 # Per-character habit channels, in priority order (one uniform partitioned among them).
 _HABITS = (Channel.DROP_APOSTROPHE, Channel.DROP_PUNCTUATION, Channel.DROP_CAPITAL,
            Channel.SIMPLIFY_ACCENT)
+_HABIT_CODES = np.array([CODE[c] for c in _HABITS], dtype=np.int64)
 # Per-character slip channels, in priority order.
 _SLIPS = (Channel.SPACE_OMISSION, Channel.SPACE_SUBSTITUTION, Channel.SPACE_INSERTION,
           Channel.OMISSION, Channel.DOUBLE_TAP, Channel.NEIGHBOR_INSERTION)
@@ -126,11 +127,11 @@ class Engine:
         starts = np.concatenate(([0], np.cumsum(lens)))
         keys = rng.record_keys(seed, ids)
         if len(cp) == 0:
-            return [Pair(i, t, t, (), () if touches else None) for i, t in zip(ids, texts)]
+            return [Pair(i, t, t, (), () if touches else None) for i, t in zip(ids, texts, strict=True)]
 
         edits_a, t1 = self._habits(cp, lens, starts, keys, joined)
         edits_b, taps = self._typing(t1, lens, keys, touches)
-        return self._assemble(texts, ids, cp, starts, edits_a, edits_b, taps, t1)
+        return self._assemble(texts, ids, cp, starts, edits_a, edits_b, taps)
 
     # ------------------------------------------------------------------- stage A: habits
     def _habits(self, cp, lens, starts, keys, joined):
@@ -187,7 +188,6 @@ class Engine:
         is_acc = choice == _HABITS.index(Channel.SIMPLIFY_ACCENT)
         new_cp[is_acc] = lookup(T["accent_base"], cp[is_acc], None)
         count = np.ones(n_chars, dtype=np.int64)
-        count[choice >= 0] = 1
         count[(choice == 0) | (choice == 1)] = 0  # dropped apostrophe / punctuation
         edited = choice >= 0
         for s, e, rep, _ in word_edits:
@@ -199,7 +199,7 @@ class Engine:
         edits = {
             "start": habit_idx,
             "end": habit_idx + 1,
-            "type": np.array([CODE[_HABITS[c]] for c in choice[habit_idx]], dtype=np.int64),
+            "type": _HABIT_CODES[choice[habit_idx]],
             "rep": np.where(count[habit_idx] > 0, new_cp[habit_idx].astype(np.int64), -1)[:, None],
             "words": word_edits,
         }
@@ -363,8 +363,9 @@ class Engine:
         s = sl[Channel.SPACE_SUBSTITUTION]
         if s.any():
             sr = L.space_row
-            xs = np.clip(np.where(dec[s] >= 0, tx[main][np.searchsorted(main_char, np.flatnonzero(s))],
-                                  a["cx"][key[s]]), sr["x_lo"], sr["x_hi"] - 1e-6)
+            # The space tap's x, moved up onto the letter row above the space bar.
+            tap_x = main_x[np.searchsorted(main_char, np.flatnonzero(s))]
+            xs = np.clip(tap_x, sr["x_lo"], sr["x_hi"] - 1e-6)
             hit = L.decode(np.full(len(xs), letters), xs, np.full(len(xs), sr["above_y"]))
             etype[s] = CODE[Channel.SPACE_SUBSTITUTION]
             rep1[s] = L.key_cp[hit]
@@ -411,7 +412,7 @@ class Engine:
         return edits, taps
 
     # ------------------------------------------------------------------------- assembly
-    def _assemble(self, texts, ids, cp, starts, edits_a, edits_b, taps, t1):
+    def _assemble(self, texts, ids, cp, starts, edits_a, edits_b, taps):
         """Applies every edit at once: builds the noisy code points, then the records."""
         # Gather edits: clean spans, types and replacement code points (ragged).
         g_start, g_end, g_type, rep_cps, rep_len = [], [], [], [], []
@@ -477,8 +478,8 @@ class Engine:
         ne = ns + rep_len
         make_edit = partial(tuple.__new__, Edit)
         edits = list(map(make_edit, zip(_CHANNEL_OBJ[g_type].tolist(), cs.tolist(), ce.tolist(),
-                                        ns.tolist(), ne.tolist())))
-        touch_lists = self._touch_lists(taps, t1, len(texts)) if taps is not None else None
+                                        ns.tolist(), ne.tolist(), strict=True)))
+        touch_lists = self._touch_lists(taps, len(texts)) if taps is not None else None
         b = bounds.tolist()
         ro = rec_out.tolist()
         noisy = [texts[r] if b[r] == b[r + 1] else noisy_all[ro[r] : ro[r + 1]]
@@ -487,9 +488,9 @@ class Engine:
                      for r in range(len(texts))]
         make_pair = partial(tuple.__new__, Pair)
         tl = touch_lists if touch_lists is not None else [None] * len(texts)
-        return list(map(make_pair, zip(ids, texts, noisy, rec_edits, tl)))
+        return list(map(make_pair, zip(ids, texts, noisy, rec_edits, tl, strict=True)))
 
-    def _touch_lists(self, taps, t1, n_records):
+    def _touch_lists(self, taps, n_records):
         """Per record, every keystroke (x, y, key label) in time order."""
         L = self.layout
         a = L.arrays

@@ -86,7 +86,8 @@ class TypistProfile:
         for name in ("sigma_x_mm", "sigma_y_mm", "keystroke_ms", "fitts_b_s", "cross_hand_factor"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-                raise ValueError(f"profile field {name} must be a finite number >= 0, got {value!r}")
+                raise ValueError(
+                    f"profile field {name} must be a finite number >= 0, got {value!r}")
         for name in ("offset_x_mm", "offset_y_mm", "fitts_a_s"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value)):
@@ -231,7 +232,8 @@ def sample_profile(rng: np.random.Generator, population: Population = Population
     base = POSTURES[names[int(rng.choice(len(names), p=probs))]]
     lognorm = lambda sd: float(np.exp(rng.normal(0.0, sd)))  # noqa: E731
     sigma = lognorm(population.sigma_log_sd)
-    keystroke = max(base.keystroke_ms * lognorm(population.speed_log_sd), 1000 * base.fitts_a_s + 20)
+    keystroke = max(base.keystroke_ms * lognorm(population.speed_log_sd),
+                    1000 * base.fitts_a_s + 20)
     rates = {c.value: min(1.0, r * lognorm(population.rate_log_sd)) for c, r in base.rates.items()}
     return dataclasses.replace(
         base,

@@ -43,7 +43,7 @@ def test_characters_of_each_language_are_typeable():
                        ("ru-RU", "привет ёъ"), ("en-GB", "£"), ("en-US", "hello?!")]:
         L = load_layout(name)
         ids = L.plan.lookup(np.array([ord(c) for c in text], dtype=np.uint32))
-        assert (ids >= 0).all(), (name, [c for c, i in zip(text, ids) if i < 0])
+        assert (ids >= 0).all(), (name, [c for c, i in zip(text, ids, strict=True) if i < 0])
 
 
 def test_keystroke_costs():
