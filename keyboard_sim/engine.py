@@ -127,7 +127,8 @@ class Engine:
         starts = np.concatenate(([0], np.cumsum(lens)))
         keys = rng.record_keys(seed, ids)
         if len(cp) == 0:
-            return [Pair(i, t, t, (), () if touches else None) for i, t in zip(ids, texts, strict=True)]
+            empty = () if touches else None
+            return [Pair(i, t, t, (), empty) for i, t in zip(ids, texts, strict=True)]
 
         edits_a, t1 = self._habits(cp, lens, starts, keys, joined)
         edits_b, taps = self._typing(t1, lens, keys, touches)
