@@ -20,7 +20,7 @@ import contextlib
 import json
 import os
 import tempfile
-from bisect import bisect_left, bisect_right
+from bisect import bisect_right
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any, NamedTuple
@@ -705,60 +705,81 @@ def pair_to_m2(pair: Pair) -> str:
     """One pair as an M2 block (ending with the blank line that separates sentences).
 
     The source sentence is the noisy text (what needs correcting), split on whitespace; each
-    error edit becomes `A start end|||type|||correction|||REQUIRED|||-NONE-|||0`, with the
-    correction taken from the clean text. Character spans are widened to whole tokens, so an
-    edit that merges or splits words (space errors) covers every token it touches; edits that
-    touch the same tokens become one M2 edit whose type joins theirs with "+". Passthrough
-    edits are not errors and are left out. A sentence without errors gets the `noop` edit.
+    error becomes `A start end|||type|||correction|||REQUIRED|||-NONE-|||0`, the correction
+    taken from the clean text. An edit is widened until both of its ends fall between tokens
+    in both strings, so an edit that merges or splits words (space errors) covers every token
+    it touches; edits that meet in that widening become one M2 edit whose type joins theirs
+    with "+". Applying the M2 edits to the source tokens gives exactly the clean text's tokens.
+    Passthrough edits are not errors and are left out; a sentence without errors gets the
+    `noop` edit. Lone surrogates, which UTF-8 cannot hold, are written as "?" by `M2Writer`.
     """
     noisy, clean = pair.noisy, pair.clean
-    starts: list[int] = []
+    tokens = noisy.split()
     ends: list[int] = []
-    tokens: list[str] = []
     pos = 0
-    for tok in noisy.split():
-        s = noisy.index(tok, pos)
-        pos = s + len(tok)
-        starts.append(s)
+    for tok in tokens:
+        pos = noisy.index(tok, pos) + len(tok)
         ends.append(pos)
-        tokens.append(tok)
 
-    # Error edits in text order, each widened to the tokens it touches (closed intervals, so
-    # an edit at a token's edge or on the space beside it still reaches that token).
-    groups: list[list[Any]] = []  # [a, b, first_edit, last_edit, types]
-    for e in sorted((e for e in pair.edits if e.type != Channel.PASSTHROUGH),
-                    key=lambda e: (e.noisy_start, e.noisy_end)):
-        lo = bisect_left(ends, e.noisy_start)  # first token ending at or after the start
-        hi = bisect_right(starts, e.noisy_end)  # tokens starting at or before the end
-        a = min(e.noisy_start, starts[lo]) if lo < hi else e.noisy_start
-        b = max(e.noisy_end, ends[hi - 1]) if lo < hi else e.noisy_end
-        if groups and (a < groups[-1][1] or (a == groups[-1][1] and a == b)):
-            g = groups[-1]
-            g[1] = max(g[1], b)
-            g[3] = e
-            if e.type.value not in g[4]:
-                g[4].append(e.type.value)
-        else:
-            groups.append([a, b, e, e, [e.type.value]])
+    edits = pair.edits
+    # Each group: [noisy_start, noisy_end, clean_start, clean_end, types].
+    groups: list[list[Any]] = []
+    i = 0
+    while i < len(edits):
+        e = edits[i]
+        if e.type == Channel.PASSTHROUGH:
+            i += 1
+            continue
+        na, nb, ca, cb = e.noisy_start, e.noisy_end, e.clean_start, e.clean_end
+        types = [e.type.value]
+        # Widen to the left. Outside edits the strings are aligned (same text, constant
+        # shift), so both ends move together; an edit met on the way is taken in whole, and
+        # a group met on the way is merged.
+        j = i - 1
+        while not (_between_tokens(noisy, na) and _between_tokens(clean, ca)):
+            if j >= 0 and edits[j].noisy_end == na and edits[j].clean_end == ca:
+                na, ca = edits[j].noisy_start, edits[j].clean_start
+                j -= 1
+            elif na > 0 and ca > 0:
+                na, ca = na - 1, ca - 1
+            else:  # cannot happen for a consistent pair; stop rather than loop
+                break
+            if groups and na < groups[-1][1]:
+                g = groups.pop()
+                na, ca = g[0], g[2]
+                types = g[4] + [t for t in types if t not in g[4]]
+        # Widen to the right the same way.
+        k = i + 1
+        while not (_between_tokens(noisy, nb) and _between_tokens(clean, cb)):
+            if k < len(edits) and edits[k].noisy_start == nb and edits[k].clean_start == cb:
+                q = edits[k]
+                nb, cb = q.noisy_end, q.clean_end
+                if q.type != Channel.PASSTHROUGH and q.type.value not in types:
+                    types.append(q.type.value)
+                k += 1
+            elif nb < len(noisy) and cb < len(clean):
+                nb, cb = nb + 1, cb + 1
+            else:
+                break
+        groups.append([na, nb, ca, cb, types])
+        i = k
 
     lines = [f"S {' '.join(tokens)}"]
-    for a, b, first, last, types in groups:
-        # Outside edits the two strings are aligned with a constant shift (passthrough edits
-        # keep their text), so the group's edges map from noisy to clean by the shift
-        # before its first edit and after its last one.
-        clean_a = a + (first.clean_start - first.noisy_start)
-        clean_b = b + (last.clean_end - last.noisy_end)
-        t0 = bisect_left(starts, a)
-        t1 = bisect_right(ends, b)
-        if t1 < t0:
-            t1 = t0
-        correction = " ".join(clean[clean_a:clean_b].split())
+    for na, nb, ca, cb, types in groups:
+        t0 = bisect_right(ends, na)  # tokens that end at or before the group's start
+        t1 = max(t0, bisect_right(ends, nb))
+        correction = " ".join(clean[ca:cb].split())
         if correction == " ".join(tokens[t0:t1]):
             continue  # a change of whitespace only: nothing to correct between tokens
         lines.append(f"A {t0} {t1}|||{'+'.join(types)}|||{correction}|||REQUIRED|||-NONE-|||0")
     if len(lines) == 1:
         lines.append("A -1 -1|||noop|||-NONE-|||REQUIRED|||-NONE-|||0")
     return "\n".join(lines) + "\n\n"
+
+
+def _between_tokens(text: str, pos: int) -> bool:
+    """Whether `pos` is not inside a whitespace-delimited token of `text`."""
+    return pos <= 0 or pos >= len(text) or text[pos - 1].isspace() or text[pos].isspace()
 
 
 class M2Writer:

@@ -6,6 +6,8 @@ import json
 import os
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from keyboard_sim.channels import Channel as C
 from keyboard_sim.io import (
@@ -362,7 +364,7 @@ def test_m2_edits_on_one_word_become_one_edit():
 def test_m2_deletion_and_insertion_of_whole_words():
     # A doubled word in the noisy text: correcting it deletes a token (empty correction).
     p = Pair("0", "a b", "a a b", (Edit(C.DOUBLE_TAP, 1, 1, 1, 3),))
-    assert _m2(p) == ["S a a b", f"A 0 2|||double_tap|||a{A}"]
+    assert _m2(p) == ["S a a b", f"A 1 2|||double_tap|||{A}"]
     gone = Pair("1", "x", "", (Edit(C.OMISSION, 0, 1, 0, 0),))
     assert _m2(gone) == ["S ", f"A 0 0|||omission|||x{A}"]
 
@@ -382,6 +384,52 @@ def test_m2_offsets_after_earlier_edits_and_passthrough():
               Edit(C.OMISSION, 7, 8, 6, 6)))
     assert _m2(p) == ["S Im \U0001f600 hre now", f"A 0 1|||drop_apostrophe|||I'm{A}",
                       f"A 2 3|||omission|||here{A}"]
+
+
+def test_m2_letters_typed_as_spaces_inside_a_word():
+    # Found in simulated chat: two letters of "ain't" typed as spaces leave a double space;
+    # the M2 edit must span both halves, or applying it would not give the clean words.
+    p = Pair("0", "You ain't wrong", "you ai  t wrong",
+             (Edit(C.DROP_CAPITAL, 0, 1, 0, 1), Edit(C.SPACE_INSERTION, 6, 7, 6, 7),
+              Edit(C.SPACE_INSERTION, 7, 8, 7, 8)))
+    assert _m2(p) == ["S you ai t wrong", f"A 0 1|||drop_capital|||You{A}",
+                      f"A 1 3|||space_insertion|||ain't{A}"]
+    # A tap that typed nothing, then a letter typed as a space, then an omission.
+    p = Pair("1", "so actually", "so  ually",
+             (Edit(C.SUBSTITUTION, 3, 4, 3, 3), Edit(C.SPACE_INSERTION, 4, 5, 3, 4),
+              Edit(C.OMISSION, 5, 6, 4, 4)))
+    assert _m2(p) == ["S so ually", f"A 1 2|||substitution+space_insertion+omission|||actually{A}"]
+
+
+def _apply_m2(block: str) -> list[str]:
+    """The source tokens with the block's edits applied (what a GEC scorer reconstructs)."""
+    lines = block.rstrip("\n").split("\n")
+    source = lines[0][2:].split()
+    out, pos = [], 0
+    for line in lines[1:]:
+        span, _type, correction = line[2:].split("|||")[:3]
+        start, end = map(int, span.split())
+        if start == -1:
+            continue
+        assert pos <= start <= end <= len(source)
+        out += source[pos:start] + correction.split()
+        pos = end
+    return out + source[pos:]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.text(alphabet="ab c'.\u00e9\U0001f600\t", max_size=25), min_size=1,
+                max_size=6), st.integers(0, 2**31))
+def test_m2_edits_rebuild_the_clean_tokens(texts, seed):
+    """On real simulator output (a heavy-handed typist, every channel on), applying the M2
+    edits to the noisy tokens gives the clean tokens exactly."""
+    from keyboard_sim.profile import load_profile
+    from keyboard_sim.simulate import simulate
+
+    clumsy = load_profile("raw").with_rates(space_insertion=0.3, space_omission=0.3,
+                                            omission=0.2, double_tap=0.2)
+    for pair in simulate(texts, clumsy, "en-US", seed):
+        assert _apply_m2(pair_to_m2(pair)) == pair.clean.split()
 
 
 def test_write_m2_file(tmp_path):
