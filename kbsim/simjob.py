@@ -320,7 +320,14 @@ def run_simulate(job: SimulateJob, progress: bool = False,
                 handle(res.get(), line)
         summary.written = writer.count
         summary.rejected = rejects.count if rejects else 0
-        summary.records_in = summary.written + summary.rejected
+        # Every input line must be accounted for; count them apart from the reader (a fast
+        # newline count, or the Parquet footer) so a lost record cannot go unnoticed.
+        summary.records_in = count_records(job.input, in_fmt)
+        if summary.written + summary.rejected != summary.records_in:
+            raise RuntimeError(
+                f"{job.input}: {summary.records_in} records in but {summary.written} written "
+                f"and {summary.rejected} rejected; output discarded (this is a bug)"
+            )
         if bar is not None:  # rejected lines after the last record
             bar.update(max(0, summary.records_in - bar.n))
     except BaseException:
