@@ -10,8 +10,8 @@ Run: .venv/bin/python scripts/calibrate_presets.py
 from __future__ import annotations
 
 from data.chitchat import iter_messages
-from kbsim.simjob import PairStats
 from keyboard_sim import presets, simulate
+from keyboard_sim.stats import PairStats
 
 N = 5000
 

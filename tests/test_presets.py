@@ -20,7 +20,7 @@ def held_out():
     "name,target", [("raw", presets.RAW_TARGET_CER), ("committed", presets.COMMITTED_TARGET_CER)]
 )
 def test_preset_error_rate(held_out, name, target):
-    from kbsim.simjob import PairStats
+    from keyboard_sim.stats import PairStats
 
     cer = PairStats.of(simulate(held_out, name, "en-US", seed=1)).cer
     # Within 10% of the target (relative): a different slice and seed than the fit.
