@@ -17,7 +17,9 @@ from types import MappingProxyType
 class Channel(StrEnum):
     """Types of edit, each a channel of the noise model."""
 
-    # Touch model: the tap landed on another key (rate emerges from sigma and key size).
+    # Touch model: the tap landed on another key (rate emerges from sigma and key size). A tap
+    # on a key that types nothing (shift, backspace, enter) leaves an empty noisy span: the
+    # cause is still a touch error, which is what the type records.
     SUBSTITUTION = "substitution"
     # Motor slips, sampled per keystroke of the intended text.
     OMISSION = "omission"  # a letter not typed
