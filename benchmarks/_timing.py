@@ -1,4 +1,4 @@
-"""Timing protocol shared by every one-core runner (kbsim's and the peers').
+"""Timing protocol shared by the benchmark and its one-core runners (kbsim's and the peers').
 
 Standard library only: the peers' runner imports it from their own virtual environment.
 """
@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -61,3 +62,42 @@ def changed_fraction(clean: list[str], noisy: list[str]) -> float:
     if len(clean) != len(noisy):
         raise RuntimeError(f"{len(clean)} messages in, {len(noisy)} out")
     return sum(c != n for c, n in zip(clean, noisy, strict=True)) / max(1, len(clean))
+
+
+def _machine_busy_s() -> float:
+    """CPU seconds the whole machine has spent busy since boot, over all cores (Linux)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    busy = sum(fields) - fields[3] - fields[4]  # all but idle and iowait
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu_s() -> float:
+    """CPU seconds used by this process and its waited-for children (and theirs)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+class OtherLoad:
+    """Context manager: how many cores' worth of CPU other programs used meanwhile.
+
+    Machine-wide busy time minus this process's and its children's, over the wall time. A
+    figure well above 0 means the measurement shared the CPUs and reads low. NaN off Linux.
+    """
+
+    cores: float = float("nan")
+
+    def __enter__(self) -> OtherLoad:
+        try:
+            self._busy = _machine_busy_s()
+        except (OSError, ValueError):
+            self._busy = None
+        self._own = _own_cpu_s()
+        self._t = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        wall = time.perf_counter() - self._t
+        if self._busy is None or wall <= 0:
+            return
+        other = (_machine_busy_s() - self._busy) - (_own_cpu_s() - self._own)
+        self.cores = max(0.0, other) / wall

@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from _timing import single_thread_env
+from _timing import OtherLoad, single_thread_env
 
 ROOT = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve().parent
@@ -55,15 +55,17 @@ def ensure_peer_venv(venv: Path = DEFAULT_VENV, quiet: bool = False) -> Path:
 
 def time_peer(python: Path, tool: str, workload: Path, repeat: int) -> dict:
     """Runs `run_peer.py` for `tool` in the peers' environment; returns its JSON report."""
-    proc = subprocess.run(
-        [str(python), str(HERE / "run_peer.py"), tool, str(workload), str(repeat)],
-        env=single_thread_env(),
-        capture_output=True,
-        text=True,
-    )
+    with OtherLoad() as load:
+        proc = subprocess.run(
+            [str(python), str(HERE / "run_peer.py"), tool, str(workload), str(repeat)],
+            env=single_thread_env(),
+            capture_output=True,
+            text=True,
+        )
     if proc.returncode != 0:
         raise RuntimeError(f"{tool} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
-    return json.loads(proc.stdout)
+    # Other programs' CPU use over the whole subprocess (set-up included), in cores.
+    return {**json.loads(proc.stdout), "other_load_cores": load.cores}
 
 
 if __name__ == "__main__":
