@@ -8,9 +8,11 @@ the same code, so statistics computed on both sides are comparable.
 Alignment is the optimal string alignment (restricted Damerau-Levenshtein) distance: unit costs for
 substitution, insertion, deletion and transposition of two adjacent characters. Among alignments of
 equal cost, a substitution that only drops a capital or an accent is preferred (its cost is 0.99),
-so that `The` / `the` aligns T with t rather than by a deletion and an insertion. The common prefix
-and suffix are stripped first, so a pair costs time in proportion to the square of the length of
-the part that differs (the whole 24k-pair Aalto sample aligns in a few seconds).
+so that `The` / `the` aligns T with t rather than by a deletion and an insertion, and a
+substitution across character classes (a letter for a full stop) is avoided (1.01) when an
+insertion and a deletion explain the difference as well. The common prefix and suffix are
+stripped first, so a pair costs time in proportion to the square of the length of the part that
+differs (the whole 24k-pair Aalto sample aligns in about a second).
 
 Labelling rules, per character operation (what the simulator's channels produce):
 
@@ -58,6 +60,9 @@ from keyboard_sim.pair import Edit, Pair
 # Integer costs (hundredths) so that ties are broken without floating point drift.
 _UNIT = 100
 _NEAR = 99  # a substitution that only drops a capital or an accent
+_FAR = 101  # a substitution across classes (letter, digit, space, other): an insertion and a
+# deletion of the same total cost are the likelier story ("day." -> "daay" is a double tap and a
+# dropped full stop, not y -> a and . -> y)
 
 # Two slips at most this many characters apart (in the intended word) make a cluster.
 CLUSTER_GAP = 2
@@ -141,11 +146,18 @@ def strip_accents(ch: str) -> str:
 
 
 @lru_cache(maxsize=8192)
+def _char_class(c: str) -> int:
+    return 0 if c.isalpha() else 1 if c.isdigit() else 2 if c.isspace() else 3
+
+
+@lru_cache(maxsize=8192)
 def _sub_cost(a: str, b: str) -> int:
     if a == b:
         return 0
     if a.lower() == b or (strip_accents(a) == b and a != b):
         return _NEAR
+    if _char_class(a) != _char_class(b):
+        return _FAR
     return _UNIT
 
 
