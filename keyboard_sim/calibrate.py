@@ -71,6 +71,7 @@ from keyboard_sim.touch import digits, tap_spread
 
 MIN_EVENTS = 20  # events per side needed to fit cross_hand_factor
 MIN_TOUCH = 30  # touch misses needed to fit the spread's shape and the offset
+REACH = 3.5  # keys around the aimed key that a tap is integrated over
 _CLEAN_FIELDS = ("target", "clean", "intended")
 _NOISY_FIELDS = ("typed", "noisy", "transcribed")
 _GROUP_FIELDS = ("participant_id", "user", "sender", "client_id")
@@ -409,7 +410,7 @@ class TouchGeometry:
     """
 
     def __init__(self, layout: Layout, posture: Posture, taps: Counter,
-                 reach: float = 3.5, per_key: int = 12) -> None:
+                 reach: float = REACH, per_key: int = 12) -> None:
         a = layout.arrays
         self.keys = sorted(taps)
         self.weights = np.array([taps[k] for k in self.keys], dtype=float)
@@ -463,16 +464,21 @@ class TouchGeometry:
         return v, rc, mx, my
 
 
-def observed_touch(counts: Counts, layout: Layout, posture: Posture) -> tuple[float, ...]:
-    """The four touch moments of counted pairs (see `TouchGeometry.moments`)."""
-    n, taps = counts.n_misses, counts.n_taps
-    if not taps:
-        return 0.0, 0.0, 0.0, 0.0
+def observed_touch(counts: Counts, layout: Layout, posture: Posture,
+                   reach: float = REACH) -> tuple[tuple[float, ...], int]:
+    """The four touch moments of counted pairs (see `TouchGeometry.moments`), and the number
+    of misses they rest on.
+
+    A substitution by a key more than `reach` keys away is left out: no Gaussian tap of a
+    plausible spread gets there, so it is some other error (and the model window ends there).
+    """
+    taps = counts.n_taps
+    if not taps or not counts.misses:
+        return (0.0, 0.0, 0.0, 0.0), 0
     a = layout.arrays
-    row_h = float(np.median([a["y1"][k] - a["y0"][k] for k in counts.taps])) if counts.taps \
-        else layout.pitch_mm
-    if not n:
-        return 0.0, 0.0, 0.0, 0.0
+    row_h = float(np.median([a["y1"][k] - a["y0"][k] for k in counts.taps]))
+    pitch = layout.pitch_mm
+    n = 0
     rc = mx = my = 0.0
     for (k, t), c in counts.misses.items():
         sign = 1.0
@@ -480,10 +486,15 @@ def observed_touch(counts: Counts, layout: Layout, posture: Posture) -> tuple[fl
             d = digits(posture, np.array([a["cx"][k]]), layout.width_mm)[0]
             sign = -1.0 if d == 1 else 1.0
         dx, dy = (a["cx"][t] - a["cx"][k]) * sign, a["cy"][t] - a["cy"][k]
+        if abs(dx) > reach * pitch or abs(dy) > reach * row_h:
+            continue
+        n += c
         mx += c * dx
         my += c * dy
         rc += c * (abs(dy) >= row_h / 2)
-    return n / taps, rc / n, mx / n, my / n
+    if not n:
+        return (0.0, 0.0, 0.0, 0.0), 0
+    return (n / taps, rc / n, mx / n, my / n), n
 
 
 def _bisect(f, target: float, lo: float, hi: float, iters: int = 40) -> float:
@@ -719,7 +730,7 @@ def calibrate_detailed(
     lexicon: Lexicon | str | None = "codespell",
     strip_trailing: bool = True,
     name: str = "calibrated",
-    max_refine_texts: int = 20000,
+    refine_texts: int = 20000,
 ) -> Calibration:
     """Fits a profile to real pairs and returns it with its evidence (see module doc).
 
@@ -735,7 +746,8 @@ def calibrate_detailed(
             "codespell" one by default.
         strip_trailing: Drop trailing whitespace of both texts first.
         name: Name of the fitted profile.
-        max_refine_texts: Simulate at most this many intended texts per refinement round.
+        refine_texts: Simulate about this many texts per refinement round (the intended texts,
+            repeated with fresh random draws up to 8 times).
     """
     lay = load_layout(layout)
     if base is None:
@@ -751,15 +763,18 @@ def calibrate_detailed(
     rates[Channel.TRANSPOSITION.value], cross = _transposition(counts, base, notes)
 
     geom = TouchGeometry(lay, base.posture, counts.taps)
-    observed = observed_touch(counts, lay, base.posture)
-    touch = fit_touch(geom, observed, base, counts.n_misses)
+    observed, n_touch = observed_touch(counts, lay, base.posture)
+    touch = fit_touch(geom, observed, base, n_touch)
+    if n_touch < counts.n_misses:
+        notes.append(f"touch: {counts.n_misses - n_touch} substitutions more than {REACH} keys "
+                     "away left out of the touch fit")
     if not touch.shape_fitted:
-        notes.append(f"touch: only {counts.n_misses} misses, spread scaled with the base "
+        notes.append(f"touch: only {n_touch} misses, spread scaled with the base "
                      "profile's ratio and offset kept")
     clean_texts = [c for c, _ in norm]
     rel_var = mean_relative_variance(clean_texts, lay, base)
 
-    def build(t: TouchFit, rates: dict) -> TypistProfile:
+    def build(t: TouchFit, rates: dict, cross: float) -> TypistProfile:
         # Total spread -> absolute precision: take out the speed term in quadrature, keeping at
         # least a tenth of the total so that the profile stays a Gaussian.
         sx = math.sqrt(max(t.sigma_x**2 - rel_var, (0.1 * t.sigma_x) ** 2))
@@ -770,31 +785,44 @@ def calibrate_detailed(
             rates=MappingProxyType(dict(rates)),
         )
 
-    profile = build(touch, rates)
+    profile = build(touch, rates, cross)
     history: list[dict] = []
     if refine > 0 and clean_texts:
         from keyboard_sim.simulate import simulate
 
-        texts = clean_texts[:max_refine_texts]
-        target = counts if len(texts) == len(clean_texts) else counter.count_all(
-            align(c, n, lex) for c, n in norm[: len(texts)])
-        sub = Channel.SUBSTITUTION.value
+        # Simulate the intended texts `reps` times (distinct record ids) so that the simulated
+        # side's own noise is small next to the real counts' (at most 8 times: beyond that the
+        # real counts' noise dominates anyway).
+        reps = min(8, max(1, math.ceil(refine_texts / len(clean_texts))))
+        sim_texts = clean_texts * reps
+        sim_ids = [f"{r}:{i}" for r in range(reps) for i in range(len(clean_texts))]
+        sub, trans = Channel.SUBSTITUTION.value, Channel.TRANSPOSITION.value
         for _ in range(refine):
-            sim = simulate(texts, profile, lay, seed)
+            sim = simulate(sim_texts, profile, lay, seed, ids=sim_ids)
             sc = counter.count_all(
                 align(p.clean, normalise(p.noisy, strip_trailing), lex) for p in sim)
-            history.append({"edits": dict(sc.edits), "miss_rate": sc.n_misses / max(sc.n_taps, 1)})
+            history.append({"edits": {k: v / reps for k, v in sc.edits.items()},
+                            "miss_rate": sc.n_misses / max(sc.n_taps, 1)})
             for ch in RATED:
-                real_n, sim_n = target.edits.get(ch.value, 0), sc.edits.get(ch.value, 0)
-                if target.units.get(ch.value, 0) == 0 and ch != Channel.TRANSPOSITION:
+                real_n, sim_n = counts.edits.get(ch.value, 0), sc.edits.get(ch.value, 0) / reps
+                if counts.units.get(ch.value, 0) == 0 and ch != Channel.TRANSPOSITION:
                     continue
                 if real_n == 0:
                     rates[ch.value] = 0.0
                 elif sim_n > 0:
                     rates[ch.value] = min(1.0, rates[ch.value] * real_n / sim_n)
+            # Transpositions: same-digit and cross-digit rates separately when both are seen.
+            real_t, sim_t = counts.trans_edits, [x / reps for x in sc.trans_edits]
+            if min(real_t) >= MIN_EVENTS and min(sim_t) > 0 and sc.edits.get(trans, 0) > 0:
+                # Undo the total-count update above, then scale each side on its own.
+                r_same = rates[trans] * (sc.edits[trans] / reps) / counts.edits[trans]
+                r_cross = r_same * cross * real_t[1] / sim_t[1]
+                r_same *= real_t[0] / sim_t[0]
+                rates[trans] = min(1.0, r_same)
+                cross = float(min(max(r_cross / r_same, 0.1), 20.0)) if r_same > 0 else cross
             # Rescale the spread so that the simulator makes as many substitutions of any kind
             # as the logs (shift slips and non-spatial confusions are absorbed into it).
-            real_sub, sim_sub = target.edits.get(sub, 0), sc.edits.get(sub, 0)
+            real_sub, sim_sub = counts.edits.get(sub, 0), sc.edits.get(sub, 0) / reps
             if sim_sub > 0 and real_sub > 0:
                 v_model = geom.moments(touch.sigma_x, touch.sigma_y, touch.offset_x,
                                        touch.offset_y)[0]
@@ -802,9 +830,8 @@ def calibrate_detailed(
                 params = [touch.sigma_x, r, touch.offset_x, touch.offset_y]
                 _solve(geom, params, 0, v_model * real_sub / sim_sub, 1e-3,
                        2.0 * max(geom.pitch, geom.row_h))
-                s = params[0]
-                touch = dataclasses.replace(touch, sigma_x=s, sigma_y=s * r)
-            profile = build(touch, rates)
+                touch = dataclasses.replace(touch, sigma_x=params[0], sigma_y=params[0] * r)
+            profile = build(touch, rates, cross)
     return Calibration(profile, counts, touch, tuple(notes), tuple(history))
 
 
