@@ -163,6 +163,15 @@ def machine() -> dict:
         commit = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
         ).stdout.strip()
+        # Uncommitted changes to the timed code make the commit alone an incomplete record.
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "keyboard_sim", "kbsim"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        if commit and dirty:
+            commit += " + uncommitted changes"
     except OSError:
         commit = ""
     return {
