@@ -184,9 +184,9 @@ def char_ops(clean: str, noisy: str) -> list[Op]:
     b = noisy[p : m_all - s]
     n, m = len(a), len(b)
     if n == 0:
-        return [Op("I", p, p, p + j, p + j + 1) for j in range(m)]
+        return _slide_left([Op("I", p, p, p + j, p + j + 1) for j in range(m)], clean, noisy)
     if m == 0:
-        return [Op("D", p + i, p + i + 1, p, p) for i in range(n)]
+        return _slide_left([Op("D", p + i, p + i + 1, p, p) for i in range(n)], clean, noisy)
 
     # Full cost matrix as a list of rows (the differing middle is short for real typing data).
     prev2: list[int] | None = None

@@ -26,7 +26,7 @@ def edits(clean: str, noisy: str, lexicon=None) -> list[tuple]:
 GOLDENS = [
     ("cat", "cst", [(C.SUBSTITUTION, 1, 2, 1, 2)]),
     ("cat", "ct", [(C.OMISSION, 1, 2, 1, 1)]),
-    ("cat", "caat", [(C.DOUBLE_TAP, 2, 2, 2, 3)]),
+    ("cat", "caat", [(C.DOUBLE_TAP, 1, 1, 1, 2)]),
     ("cat", "cart", [(C.NEIGHBOR_INSERTION, 2, 2, 2, 3)]),
     ("cat", "cta", [(C.TRANSPOSITION, 1, 3, 1, 3)]),
     ("a cat", "ancat", [(C.SPACE_SUBSTITUTION, 1, 2, 1, 2)]),
