@@ -388,12 +388,13 @@ def main(argv: list[str] | None = None) -> None:
         f"{info['busy_cores_at_start']:.1f} cores busy with other work at start\n"
     )
     print(table(rows))
-    # A run was contended if other programs needed more than the cores it left free.
+    # A run was contended if other programs needed more than the cores it left free (with a
+    # tenth of a core of slack for the odd daemon).
     free = info["cores_usable"]
     loaded = [
         name
         for name, r in rows
-        if r.get("other_load_cores", 0) > max(0.2, free - r.get("cores_used", 1) - 0.1)
+        if r.get("other_load_cores", 0) > max(0.2, free - r.get("cores_used", 1) + 0.1)
     ]
     if loaded:
         print(
