@@ -128,6 +128,23 @@ def test_alignment_is_optimal_and_edits_are_consistent(clean, noisy):
     assert a.to_pair().is_consistent()
 
 
+@settings(max_examples=60, deadline=None)
+@given(st.text(alphabet="abc d", min_size=60, max_size=120), st.data())
+def test_band_widens_to_the_optimum_for_long_noisy_texts(clean, data):
+    """Many edits or a large length change force the diagonal band to widen; still optimal."""
+    noisy = list(clean)
+    for _ in range(data.draw(st.integers(0, 40))):
+        k = data.draw(st.integers(0, len(noisy)))
+        if data.draw(st.booleans()) and k < len(noisy):
+            del noisy[k]
+        else:
+            noisy.insert(k, data.draw(st.sampled_from("abcxyz ")))
+    noisy = "".join(noisy)
+    a = align(clean, noisy)
+    assert a.distance == _osa(clean, noisy)
+    assert a.to_pair().is_consistent()
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.text(max_size=30), st.text(max_size=30))
 def test_arbitrary_unicode_never_crashes(clean, noisy):
