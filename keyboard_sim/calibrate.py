@@ -306,11 +306,30 @@ class UnitCounter:
         self._info[ch] = got
         return got
 
-    def count(self, a: Alignment) -> Counts:
-        """Units of `a.clean` and labelled edits of `a`."""
+    def count(self, a: Alignment, units: bool = True) -> Counts:
+        """Labelled edits of `a` and, if `units`, the units and taps of `a.clean`."""
         c = Counts(texts=1)
-        units = c.units
         text = a.clean
+        if units:
+            self._count_units(c, text)
+        for e in a.edits:
+            c.edits[e.type.value] += 1
+            if e.type == Channel.TRANSPOSITION:
+                p, q = self.info(text[e.clean_start]), self.info(text[e.clean_start + 1])
+                c.trans_edits[int(p.digit != q.digit)] += 1
+            elif e.type == Channel.SUBSTITUTION and e.noisy_end - e.noisy_start == 1:
+                p = self.info(text[e.clean_start])
+                t = a.noisy[e.noisy_start]
+                if p.key >= 0 and t != " ":
+                    q = self.info(t)
+                    # Another key: a touch miss. The same key in another case (a shift slip)
+                    # is no spatial evidence; refinement still matches its count.
+                    if q.key >= 0 and q.key != p.key:
+                        c.misses[(p.key, q.key)] += 1
+        return c
+
+    def _count_units(self, c: Counts, text: str) -> None:
+        units = c.units
         infos = [self.info(ch) for ch in text]
         n = len(text)
         for i, (ch, inf) in enumerate(zip(text, infos, strict=True)):
@@ -350,27 +369,11 @@ class UnitCounter:
                 if self.lexicon.confusions.get(w):
                     units[Channel.REAL_WORD.value] += 1
 
-        for e in a.edits:
-            c.edits[e.type.value] += 1
-            if e.type == Channel.TRANSPOSITION:
-                p, q = self.info(text[e.clean_start]), self.info(text[e.clean_start + 1])
-                c.trans_edits[int(p.digit != q.digit)] += 1
-            elif e.type == Channel.SUBSTITUTION and e.noisy_end - e.noisy_start == 1:
-                p = infos[e.clean_start]
-                t = a.noisy[e.noisy_start]
-                if p.key >= 0 and t != " ":
-                    q = self.info(t)
-                    # Another key: a touch miss. The same key in another case (a shift slip)
-                    # is no spatial evidence; refinement still matches its count.
-                    if q.key >= 0 and q.key != p.key:
-                        c.misses[(p.key, q.key)] += 1
-        return c
-
-    def count_all(self, alignments: Iterable[Alignment]) -> Counts:
+    def count_all(self, alignments: Iterable[Alignment], units: bool = True) -> Counts:
         """Merged counts of many alignments."""
         total = Counts()
         for a in alignments:
-            _merge_into(total, self.count(a))
+            _merge_into(total, self.count(a, units))
         return total
 
 
@@ -800,9 +803,10 @@ def calibrate_detailed(
         for _ in range(refine):
             sim = simulate(sim_texts, profile, lay, seed, ids=sim_ids)
             sc = counter.count_all(
-                align(p.clean, normalise(p.noisy, strip_trailing), lex) for p in sim)
+                (align(p.clean, normalise(p.noisy, strip_trailing), lex) for p in sim),
+                units=False)
             history.append({"edits": {k: v / reps for k, v in sc.edits.items()},
-                            "miss_rate": sc.n_misses / max(sc.n_taps, 1)})
+                            "miss_rate": sc.n_misses / max(counts.n_taps * reps, 1)})
             for ch in RATED:
                 real_n, sim_n = counts.edits.get(ch.value, 0), sc.edits.get(ch.value, 0) / reps
                 if counts.units.get(ch.value, 0) == 0 and ch != Channel.TRANSPOSITION:
