@@ -15,6 +15,7 @@ its type and spans in both strings when it is made; nothing is recovered by diff
 
 from __future__ import annotations
 
+import gc
 from functools import partial
 
 import numpy as np
@@ -132,7 +133,16 @@ class Engine:
 
         edits_a, t1 = self._habits(cp, lens, starts, keys, joined)
         edits_b, taps = self._typing(t1, lens, keys, touches)
-        return self._assemble(texts, ids, cp, starts, edits_a, edits_b, taps)
+        # Building the records allocates many small tuples and no reference cycles; pausing the
+        # cyclic garbage collector meanwhile saves it from scanning them over and over. The
+        # previous state is restored whatever happens.
+        was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return self._assemble(texts, ids, cp, starts, edits_a, edits_b, taps)
+        finally:
+            if was_enabled:
+                gc.enable()
 
     # ------------------------------------------------------------------- stage A: habits
     def _habits(self, cp, lens, starts, keys, joined):
@@ -262,12 +272,25 @@ class Engine:
         shift_key = L.find_key("letters", action="shift")
         shift = typeable & plan.shift[safe_cid] & (shift_key >= 0)
 
-        # Taps, in time order: switch taps, shift tap, then the key.
-        tap_key = np.stack([sw1, sw2, np.where(shift, shift_key, -1),
-                            np.where(typeable, key, -1)], axis=1)
-        tap_mask = tap_key >= 0
-        tap_char, tap_slot = np.nonzero(tap_mask)
-        tk = tap_key[tap_char, tap_slot]
+        # Taps, in time order: switch taps (slots 0, 1), shift (2), then the key (3). Most
+        # characters have only the key tap, so modifier taps are placed separately.
+        n_mod = (sw1 >= 0).astype(np.int64) + (sw2 >= 0) + shift
+        n_per = n_mod + typeable
+        tap_end = np.cumsum(n_per)
+        n_taps = int(tap_end[-1]) if m else 0
+        tap_char = np.repeat(np.arange(m), n_per)
+        tk = np.empty(n_taps, dtype=np.int64)
+        tap_slot = np.full(n_taps, 3, dtype=np.int64)
+        tk[tap_end[typeable] - 1] = key[typeable]
+        with_mod = np.flatnonzero(n_mod)
+        if len(with_mod):
+            mods = np.stack([sw1[with_mod], sw2[with_mod],
+                             np.where(shift[with_mod], shift_key, -1)], axis=1)
+            row, col = np.nonzero(mods >= 0)
+            rank = np.arange(len(row)) - np.searchsorted(row, row)
+            at = (tap_end - n_per)[with_mod[row]] + rank
+            tk[at] = mods[row, col]
+            tap_slot[at] = col
         tap_rec = rec[tap_char]
         taps_per_rec = np.bincount(tap_rec, minlength=len(lens))
         tap_first = (np.cumsum(taps_per_rec) - taps_per_rec)[tap_rec]
