@@ -758,6 +758,8 @@ def calibrate_detailed(
     base = load_profile(base)
     lex = resolve_lexicon(lexicon)
     norm = [(normalise(c, strip_trailing), normalise(n, strip_trailing)) for c, n in pairs]
+    if not norm:
+        raise ValueError("no pairs to calibrate on")
     counter = UnitCounter(lay, base.posture, lex)
     counts = counter.count_all(align(c, n, lex) for c, n in norm)
     notes: list[str] = []
@@ -861,4 +863,6 @@ def calibrate_file(
     """`calibrate` on pairs read from a TSV or JSONL file (see `read_pairs`)."""
     strip = kwargs.get("strip_trailing", True)
     logged = read_pairs(pairs_path, strip_trailing=strip)
+    if not logged:
+        raise ValueError(f"{pairs_path}: no pairs to calibrate on")
     return calibrate([(p.clean, p.noisy) for p in logged], layout, base, **kwargs)

@@ -380,5 +380,7 @@ def fidelity_report(
     logged = read_pairs(pairs_path, strip_trailing=strip_trailing)
     if limit is not None:
         logged = logged[:limit]
+    if not logged:
+        raise ValueError(f"{pairs_path}: no pairs to compare")
     pairs = [(p.clean, p.noisy) for p in logged]
     return compare(pairs, profile, layout, seed, lexicon=lexicon, source=str(pairs_path))

@@ -79,9 +79,15 @@ def test_bad_input_names_the_line(tmp_path, content, message):
         read_pairs(path)
 
 
-def test_missing_file_is_a_clear_error(tmp_path):
+def test_missing_file_or_no_pairs_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="cannot read"):
         read_pairs(tmp_path / "none.tsv")
+    empty = tmp_path / "empty.tsv"
+    empty.write_text("target\ttyped\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="no pairs to calibrate on"):
+        calibrate_file(empty)
+    with pytest.raises(ValueError, match="no pairs"):
+        calibrate([])
 
 
 def test_split_by_typist_is_deterministic_and_disjoint():

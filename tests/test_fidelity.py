@@ -103,6 +103,8 @@ def test_fidelity_report_from_file(tmp_path):
     # Deterministic: same seed, same report; limit takes the first pairs.
     assert fidelity_report(path, "physical", "en-US-physical", seed=1).to_text() == text
     assert fidelity_report(path, "physical", "en-US-physical", limit=6).real.pairs == 6
+    with pytest.raises(ValueError, match="no pairs to compare"):
+        fidelity_report(path, "physical", limit=0)
     d = rep.to_dict()
     assert set(d["divergence"]) == {"types", "position", "per_text", "combined"}
     assert d["real"]["pairs"] == 60
