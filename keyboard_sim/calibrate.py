@@ -35,8 +35,17 @@ The estimator, in three steps:
    and each rate is multiplied by (real count / simulated count) of its label, and the touch
    spread is rescaled so that the simulated substitutions of any kind match the real count
    (shift slips such as `?` -> `/` and `o` -> `O`, which no touch geometry explains, are
-   absorbed into the spread, so its fitted value leans wide). With common random numbers (a
-   fixed seed) this converges in two or three rounds.
+   absorbed into the spread, so its fitted value leans wide). Same-digit and cross-digit
+   transpositions are matched separately when both are seen, which refits `cross_hand_factor`.
+   Each round simulates the intended texts several times over (about `refine_texts` texts, at
+   most 8 copies, fresh random draws each) so the simulated counts are less noisy than the real
+   ones; with a fixed seed (common random numbers) this settles in two or three rounds.
+
+Validation (tests/test_calibrate.py): 6,000 chat messages simulated with known settings give
+every rate back within 4/sqrt(n) of the truth (n its labelled edits), the spread within 5-10%
+and the offsets within a few tenths of a millimetre; on real typing, a profile calibrated on
+half the Aalto participants is far closer to the other half than the physical preset
+(scripts/realism_aalto.py).
 
 Limits. Each rate is a per-unit probability averaged over all typists in the data (one profile,
 not a population). Units consumed by other edits are not removed from the denominators (a bias
