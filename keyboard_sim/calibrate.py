@@ -301,7 +301,7 @@ class UnitCounter:
             if ord(ch) < unicode_tables.BMP else False
         digit = -1
         if key >= 0:
-            digit = int(digits(self.posture, np.array([L.arrays["cx"][key]]), L.width_mm)[0])
+            digit = int(digits(self.posture, np.array([key]), L)[0])
         got = _CharInfo(
             typeable=typeable,
             key=key,
@@ -446,7 +446,7 @@ class TouchGeometry:
         cx = np.array([a["cx"][k] for k in self.keys])
         self.sign = np.ones(K)
         if posture == Posture.TWO_THUMBS and K:
-            self.sign = np.where(digits(posture, cx, layout.width_mm) == 1, -1.0, 1.0)
+            self.sign = np.where(digits(posture, np.array(self.keys), layout) == 1, -1.0, 1.0)
         for i, k in enumerate(self.keys):
             owner = layout.decode(np.full(X.size, a["layer"][k]), a["cx"][k] + X.ravel(),
                                   a["cy"][k] + Y.ravel()).reshape(X.shape)
@@ -495,7 +495,7 @@ def observed_touch(counts: Counts, layout: Layout, posture: Posture,
     for (k, t), c in counts.misses.items():
         sign = 1.0
         if posture == Posture.TWO_THUMBS:
-            d = digits(posture, np.array([a["cx"][k]]), layout.width_mm)[0]
+            d = digits(posture, np.array([k]), layout)[0]
             sign = -1.0 if d == 1 else 1.0
         dx, dy = (a["cx"][t] - a["cx"][k]) * sign, a["cy"][t] - a["cy"][k]
         if abs(dx) > reach * pitch or abs(dy) > reach * row_h:
@@ -637,7 +637,7 @@ def mean_relative_variance(texts: Sequence[str], layout: Layout, profile: Typist
     if profile.keystroke_ms <= 0 or not texts:
         return 0.0
     L = layout
-    cx_l, cy_l, first_l, counted = [], [], [], []
+    cx_l, cy_l, first_l, counted, keys_l = [], [], [], [], []
     for text in texts[:limit]:
         start = len(cx_l)
         cps = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
@@ -646,6 +646,7 @@ def mean_relative_variance(texts: Sequence[str], layout: Layout, profile: Typist
             if c < 0:
                 continue
             k = int(L.plan.key[c])
+            keys_l.append(k)
             cx_l.append(L.arrays["cx"][k])
             cy_l.append(L.arrays["cy"][k])
             first_l.append(start)
@@ -653,7 +654,7 @@ def mean_relative_variance(texts: Sequence[str], layout: Layout, profile: Typist
     if not cx_l:
         return 0.0
     cx, cy = np.array(cx_l), np.array(cy_l)
-    dig = digits(profile.posture, cx, L.width_mm)
+    dig = digits(profile.posture, np.array(keys_l), L)
     bare = dataclasses.replace(profile, sigma_x_mm=0.0, sigma_y_mm=0.0)
     rel, _, _, _ = tap_spread(bare, cx, cy, dig, np.array(first_l))
     keep = np.array(counted)

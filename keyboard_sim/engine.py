@@ -295,7 +295,7 @@ class Engine:
         taps_per_rec = np.bincount(tap_rec, minlength=len(lens))
         tap_first = (np.cumsum(taps_per_rec) - taps_per_rec)[tap_rec]
         cx, cy = a["cx"][tk], a["cy"][tk]
-        dig = digits(prof.posture, cx, L.width_mm)
+        dig = digits(prof.posture, tk, L)
         sx, sy, ox, oy = tap_spread(prof, cx, cy, dig, tap_first)
         gx, gy, _ = rng.normals2(kc[tap_char], pos[tap_char] * 4 + tap_slot, STREAM_TOUCH)
         tx = cx + ox + sx * gx
@@ -347,7 +347,7 @@ class Engine:
             nxt_cp = _shift_next(cp.astype(np.int64), last, -1)
             nxt_free = _shift_next(free & is_letter, last, False)
             nxt_src = _shift_next(src, last, -1)
-            dig_char = digits(prof.posture, a["cx"][key], L.width_mm)
+            dig_char = digits(prof.posture, key, L)
             nxt_dig = _shift_next(dig_char, last, -1)
             rate = np.where(dig_char != nxt_dig, min(1.0, rt * prof.cross_hand_factor), rt)
             trans = (free & is_letter & nxt_free & (nxt_cp != cp) & (nxt_src == src + 1)

@@ -34,6 +34,7 @@ class Key:
     h: float
     text: str | None = None
     action: str | None = None
+    hand: int | None = None  # 0 left, 1 right; None: by position (see Layout.hands)
 
     @property
     def cx(self) -> float:
@@ -104,8 +105,12 @@ class Layout:
         for layer, items in layers.items():
             for i, k in enumerate(items):
                 try:
+                    hand = k.get("hand")
+                    if hand not in (None, "left", "right"):
+                        raise ValueError(f"hand must be 'left' or 'right', got {hand!r}")
                     key = Key(k["label"], layer, float(k["x"]), float(k["y"]), float(k["w"]),
-                              float(k["h"]), k.get("text"), k.get("action"))
+                              float(k["h"]), k.get("text"), k.get("action"),
+                              None if hand is None else int(hand == "right"))
                 except (KeyError, TypeError, ValueError) as e:
                     raise ValueError(f"layout {source}: layer {layer} key {i}: {e}") from None
                 if key.w <= 0 or key.h <= 0:
@@ -137,6 +142,17 @@ class Layout:
     def key_text(self) -> list[str]:
         """What each key types ('' for function keys)."""
         return [q.text or "" for q in self.keys]
+
+    @cached_property
+    def hands(self) -> np.ndarray:
+        """Hand (0 left, 1 right) that taps each key with two thumbs or ten fingers.
+
+        A key's own `hand` field wins (physical layouts give the touch-typing split); otherwise
+        keys left of the middle, or centred on it, go to the left thumb.
+        """
+        mid = self.width_mm / 2
+        return np.array([q.hand if q.hand is not None else int(q.cx > mid + 1e-6)
+                         for q in self.keys], dtype=np.int64)
 
     @cached_property
     def key_cp(self) -> np.ndarray:

@@ -19,11 +19,15 @@ from keyboard_sim.profile import Posture, TypistProfile
 SQRT_2PIE = math.sqrt(2 * math.pi * math.e)
 
 
-def digits(posture: Posture, key_cx: np.ndarray, width_mm: float) -> np.ndarray:
-    """Which digit taps each key: 0/1 for the left/right thumb or hand, 0 for one digit."""
+def digits(posture: Posture, keys: np.ndarray, layout) -> np.ndarray:
+    """Which digit taps each key (global key indices): 0/1 for the left/right thumb or hand.
+
+    Two thumbs and ten-finger typing use the layout's hand of each key (`Layout.hands`); one
+    thumb and the index finger are a single digit (0).
+    """
     if posture in (Posture.TWO_THUMBS, Posture.PHYSICAL):
-        return (key_cx >= width_mm / 2).astype(np.int64)
-    return np.zeros(len(key_cx), dtype=np.int64)
+        return layout.hands[np.asarray(keys, dtype=np.int64)]
+    return np.zeros(len(keys), dtype=np.int64)
 
 
 def previous_same_digit(digit: np.ndarray, first_of_record: np.ndarray) -> np.ndarray:

@@ -123,7 +123,12 @@ def phone_layout(name, language, rows, shift_rows, insets, long_press, descripti
     }
 
 
-def key(label, x, y, w, h, text=None, action=None):
+# Touch typing: the left hand types these keys (and the keys left of them) on a physical
+# keyboard; the right hand the rest. The split runs between 5/6, t/y, g/h and b/n.
+LEFT_HAND = set("`12345qwertasdfgzxcvb~!@#$%QWERTASDFGZXCVB")
+
+
+def key(label, x, y, w, h, text=None, action=None, hand=None):
     # Round the edges, not the sizes, so that neighbouring keys share an edge exactly.
     x0, x1, y0, y1 = (round(v + 1e-9, 3) for v in (x, x + w, y, y + h))
     k = {"label": label, "x": x0, "y": y0, "w": round(x1 - x0, 3), "h": round(y1 - y0, 3)}
@@ -131,6 +136,8 @@ def key(label, x, y, w, h, text=None, action=None):
         k["text"] = text
     if action is not None:
         k["action"] = action
+    if hand is not None:
+        k["hand"] = hand
     return k
 
 
@@ -177,7 +184,8 @@ def physical_layout():
             x = inset * p
             for b, u in zip(base, upper, strict=True):
                 t = u if shifted else b
-                keys.append(key(t, x, y, p, p, text=t))
+                keys.append(key(t, x, y, p, p, text=t,
+                                hand="left" if t in LEFT_HAND else "right"))
                 x += p
             tail = {0: ("backspace", 2.0), 1: None, 2: ("enter", 2.25), 3: ("shift", 2.75)}[r]
             if tail:

@@ -197,7 +197,6 @@ def test_transposition_rate_with_cross_hand_factor():
     # P(kept_i) = p_i * (1 - P(kept_i-1)) exactly.
     from keyboard_sim.touch import digits
 
-    cx = LAYOUT.arrays["cx"]
     expected = var = 0.0
     for t in texts:
         prev_p = 0.0
@@ -206,7 +205,7 @@ def test_transposition_rate_with_cross_hand_factor():
             if a.isalpha() and b.isalpha() and a != b:
                 ka = LAYOUT.plan.key[LAYOUT.plan.lookup(np.array([ord(a)], np.uint32))[0]]
                 kb = LAYOUT.plan.key[LAYOUT.plan.lookup(np.array([ord(b)], np.uint32))[0]]
-                da, db = digits(prof.posture, cx[[ka, kb]], LAYOUT.width_mm)
+                da, db = digits(prof.posture, np.array([ka, kb]), LAYOUT)
                 p = min(1.0, rate * factor) if da != db else rate
                 q = p * (1 - prev_p)
                 expected += q

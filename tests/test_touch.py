@@ -41,8 +41,17 @@ def test_previous_same_digit_stays_inside_records():
 
 
 def test_two_thumbs_split_the_keyboard():
-    assert digits(Posture.TWO_THUMBS, np.array([1.0, 40.0]), 60.0).tolist() == [0, 1]
-    assert digits(Posture.ONE_THUMB, np.array([1.0, 40.0]), 60.0).tolist() == [0, 0]
+    from keyboard_sim.layout import load_layout
+
+    phone = load_layout("en-US")
+    keys = np.array([phone.find_key("letters", text=c) for c in "tgbyhn"])
+    # g sits on the middle line and goes to the left thumb; b is right of it.
+    assert digits(Posture.TWO_THUMBS, keys, phone).tolist() == [0, 0, 1, 1, 1, 1]
+    assert digits(Posture.ONE_THUMB, keys, phone).tolist() == [0] * 6
+    # Ten fingers: the touch-typing split between t/g/b and y/h/n.
+    pc = load_layout("en-US-physical")
+    keys = np.array([pc.find_key("letters", text=c) for c in "5tgb6yhn"])
+    assert digits(Posture.PHYSICAL, keys, pc).tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
 
 
 def test_tap_spread_adds_relative_part_in_quadrature():
