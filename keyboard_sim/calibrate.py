@@ -443,7 +443,6 @@ class TouchGeometry:
         self.dx = np.zeros((K, ny, nx))
         self.dy = np.zeros((K, ny, nx))
         self.row_change = np.zeros((K, ny, nx))
-        cx = np.array([a["cx"][k] for k in self.keys])
         self.sign = np.ones(K)
         if posture == Posture.TWO_THUMBS and K:
             self.sign = np.where(digits(posture, np.array(self.keys), layout) == 1, -1.0, 1.0)
