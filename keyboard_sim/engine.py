@@ -303,8 +303,18 @@ class Engine:
         hit_key = L.decode(a["layer"][tk], tx, ty)
         missed = hit_key != tk
         # A missed switch or shift tap leaves the keyboard on the layer it was on.
+        # The first missed modifier tap types whatever key it landed on (nothing for a function
+        # key); the typist then skips the remaining modifier taps and taps the key on the
+        # layer still showing.
         miss_mod = np.zeros(m, dtype=bool)
-        np.logical_or.at(miss_mod, tap_char[(tap_slot < 3) & missed], True)
+        first_miss_slot = np.full(m, 3, dtype=np.int64)
+        extra_cp = np.full(m, -1, dtype=np.int64)
+        mm = np.flatnonzero((tap_slot < 3) & missed)
+        if len(mm):
+            c_mm, first_at = np.unique(tap_char[mm], return_index=True)
+            miss_mod[c_mm] = True
+            first_miss_slot[c_mm] = tap_slot[mm[first_at]]
+            extra_cp[c_mm] = L.key_cp[hit_key[mm[first_at]]]
         main = tap_slot == 3
         main_char = tap_char[main]
         main_x, main_y = tx[main], ty[main]
@@ -343,6 +353,7 @@ class Engine:
         # Transpositions of adjacent letters (more likely across digits).
         rt = r[Channel.TRANSPOSITION]
         trans = np.zeros(m, dtype=bool)
+        partner = np.zeros(m, dtype=bool)
         if rt > 0 and m > 1:
             nxt_cp = _shift_next(cp.astype(np.int64), last, -1)
             nxt_free = _shift_next(free & is_letter, last, False)
@@ -400,15 +411,20 @@ class Engine:
             rep2[trans] = c64[trans]
         # Touch errors where nothing else happened.
         tw = touch_wrong & (etype < 0) & ~prot
+        from_touch = tw.copy()
         if tw.any():
             out_cp = L.key_cp[dec[tw]]
+            extra = extra_cp[tw]
             kind = np.full(len(out_cp), CODE[Channel.SUBSTITUTION])
-            kind[is_space[tw] & (out_cp >= 0) & (out_cp != 32)] = CODE[Channel.SPACE_SUBSTITUTION]
-            kind[~is_space[tw] & (out_cp == 32)] = CODE[Channel.SPACE_INSERTION]
-            same = out_cp == c64[tw]
-            idx_tw = np.flatnonzero(tw)
-            etype[idx_tw[~same]] = kind[~same]
-            rep1[idx_tw[~same]] = out_cp[~same]
+            alone = extra < 0
+            kind[alone & is_space[tw] & (out_cp >= 0) & (out_cp != 32)] = CODE[
+                Channel.SPACE_SUBSTITUTION]
+            kind[alone & ~is_space[tw] & (out_cp == 32)] = CODE[Channel.SPACE_INSERTION]
+            same = alone & (out_cp == c64[tw])
+            idx_tw = np.flatnonzero(tw)[~same]
+            etype[idx_tw] = kind[~same]
+            rep1[idx_tw] = np.where(alone, out_cp, extra)[~same]
+            rep2[idx_tw] = np.where(alone, -1, out_cp)[~same]
 
         # Characters the layout cannot type pass through; runs become one noted edit.
         passthrough = ~typeable & ~prot
@@ -430,9 +446,11 @@ class Engine:
             edits["pass_end"] = src[run_start] + run_len
         taps = None
         if touches:
-            taps = {"char": tap_char, "x": tx, "y": ty, "key": hit_key, "intended": tk,
-                    "slot": tap_slot, "etype": etype, "prot": prot, "rec": rec, "src": src,
-                    "rep1": rep1, "rep2": rep2, "dec": dec, "key_of_char": key}
+            taps = {"char": tap_char, "slot": tap_slot, "x": tx, "y": ty, "hit": hit_key,
+                    "dec": dec, "etype": etype, "prot": prot, "partner": partner,
+                    "from_touch": from_touch, "rec": rec, "key_of_char": key,
+                    "first_miss_slot": first_miss_slot,
+                    "rep1": rep1, "rep2": rep2}
         return edits, taps
 
     # ------------------------------------------------------------------------- assembly
@@ -515,26 +533,57 @@ class Engine:
         return list(map(make_pair, zip(ids, texts, noisy, rec_edits, tl, strict=True)))
 
     def _touch_lists(self, taps, n_records):
-        """Per record, every keystroke (x, y, key label) in time order."""
+        """Per record, every keystroke (x, y, key label) in time order.
+
+        Taps the touch model drew are reported where they landed, with the key decoded there.
+        Characters a channel changed (or a habit produced) are reported as exact taps on the
+        keys of what was typed instead: both taps of a double tap, neighbour touch or
+        transposition, none for an omission.
+        """
         L = self.layout
         a = L.arrays
-        labels = [k.label for k in L.keys]
-        out: list[list[Touch]] = [[] for _ in range(n_records)]
-        etype = taps["etype"]
-        deleted = {CODE[Channel.OMISSION], CODE[Channel.SPACE_OMISSION]}
-        for i in range(len(taps["char"])):
-            c = int(taps["char"][i])
-            rec = int(taps["rec"][c])
-            et = int(etype[c])
-            if et in deleted:
-                continue
-            exact = taps["prot"][c] or (et >= 0 and et not in (CODE[Channel.SUBSTITUTION],))
-            if exact and taps["slot"][i] == 3:
-                k = int(taps["key_of_char"][c])
-                out[rec].append(Touch(float(a["cx"][k]), float(a["cy"][k]), labels[k]))
-                if et in (CODE[Channel.DOUBLE_TAP],):
-                    out[rec].append(Touch(float(a["cx"][k]), float(a["cy"][k]), labels[k]))
-                continue
-            out[rec].append(Touch(float(taps["x"][i]), float(taps["y"][i]),
-                                  labels[int(taps["key"][i])]))
-        return [tuple(t) for t in out]
+        char, slot = taps["char"], taps["slot"]
+        et, prot = taps["etype"], taps["prot"]
+        gone = (et == CODE[Channel.OMISSION]) | (et == CODE[Channel.SPACE_OMISSION])
+        gone |= taps["partner"]  # the second letter of a transposition: typed by the first
+        drawn_char = ~gone & ~prot & ((et < 0) | taps["from_touch"])
+        # Drawn taps: modifier taps of any typed character, and key taps left to the touch model.
+        # Modifier taps up to the first missed one (the typist skips the rest).
+        mod_ok = slot <= taps["first_miss_slot"][char]
+        keep = ~gone[char] & (((slot < 3) & mod_ok) | ((slot == 3) & drawn_char[char]))
+        main = keep & (slot == 3)
+        key_drawn = np.where(main, taps["dec"][char], taps["hit"])
+        order = [char[keep] * 8 + slot[keep]]
+        xs, ys, ks = [taps["x"][keep]], [taps["y"][keep]], [key_drawn[keep]]
+        # Exact taps on the keys of what was typed instead.
+        plan = L.plan
+        for sub, reps in ((3, taps["rep1"]), (4, taps["rep2"])):
+            c = np.flatnonzero(~gone & ~drawn_char & (prot | (reps >= 0)))
+            if sub == 3:
+                k = np.where(prot[c], taps["key_of_char"][c], -1)
+                todo = ~prot[c]
+            else:
+                c = c[~prot[c]]
+                k = np.full(len(c), -1, dtype=np.int64)
+                todo = np.ones(len(c), dtype=bool)
+            cid = plan.lookup(np.maximum(reps[c[todo]], 0).astype(np.uint32))
+            k[todo] = np.where((cid >= 0) & (reps[c[todo]] >= 0), plan.key[np.maximum(cid, 0)],
+                               -1)
+            ok = k >= 0
+            c, k = c[ok], k[ok]
+            order.append(c * 8 + sub)
+            xs.append(a["cx"][k])
+            ys.append(a["cy"][k])
+            ks.append(k)
+        order = np.concatenate(order)
+        srt = np.argsort(order, kind="stable")
+        char_of = order[srt] // 8
+        x = np.concatenate(xs)[srt].astype(np.float64)
+        y = np.concatenate(ys)[srt].astype(np.float64)
+        k = np.concatenate(ks)[srt]
+        labels = np.array([q.label for q in L.keys], dtype=object)
+        make = partial(tuple.__new__, Touch)
+        touches = list(map(make, zip(x.tolist(), y.tolist(), labels[k].tolist(), strict=True)))
+        per_rec = np.bincount(taps["rec"][char_of], minlength=n_records)
+        b = np.concatenate(([0], np.cumsum(per_rec))).tolist()
+        return [tuple(touches[b[r] : b[r + 1]]) for r in range(n_records)]

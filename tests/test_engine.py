@@ -239,3 +239,35 @@ def test_two_thumb_offset_points_inwards():
     (pair,) = run(["qp"], prof)
     # Left thumb errs right (q -> w), right thumb errs left (p -> o).
     assert pair.noisy == "wo"
+
+
+@pytest.mark.parametrize(
+    "channel,text,keys",
+    [
+        (Channel.DOUBLE_TAP, "ab", ["a", "a", "b", "b"]),
+        (Channel.OMISSION, "ab", []),
+        (Channel.TRANSPOSITION, "ab", ["b", "a"]),
+        (Channel.DROP_CAPITAL, "Ab", ["a", "b"]),
+        (Channel.SPACE_SUBSTITUTION, "a b", ["a", "v", "b"]),
+    ],
+)
+def test_touches_follow_what_was_typed(channel, text, keys):
+    (pair,) = simulate([text], forced(channel), LAYOUT, 0, touches=True)
+    assert [t.key for t in pair.touches] == keys
+
+
+def test_drawn_touches_decode_to_the_typed_key():
+    prof = forced(Channel.SUBSTITUTION, sigma_x_mm=3.0, sigma_y_mm=3.0)
+    pairs = simulate(corpus(200), prof, LAYOUT, 0, touches=True)
+    function_keys = {k.label for k in LAYOUT.keys if k.text is None}
+    letters = LAYOUT.layer_names.index("letters")
+    for p in pairs:
+        typed = [t.key for t in p.touches if t.key not in function_keys]
+        # The key each typed character comes from (a long-pressed accent: its base key).
+        cid = LAYOUT.plan.lookup(np.array([ord(c) for c in p.noisy], dtype=np.uint32))
+        out = [LAYOUT.keys[LAYOUT.plan.key[i]].label for i in cid]
+        assert typed == out, (p.clean, p.noisy, typed)
+        for t in p.touches:
+            if t.key.isalpha() and t.key.islower():
+                k = LAYOUT.decode(np.array([letters]), np.array([t.x]), np.array([t.y]))[0]
+                assert LAYOUT.keys[k].label == t.key
