@@ -209,7 +209,9 @@ def run_simulate(job: SimulateJob, progress: bool = False,
         if job.workers > 1:
             # Build the lazily loaded tables (lexicon, layout grids) once here, so that forked
             # workers inherit them instead of each building its own.
-            _simulate_chunk((["Warm up, the tables."], ["warm-up"]))
+            from keyboard_sim.engine import Engine
+
+            Engine(_WORKER["layout"], _WORKER["profile"]).prepare()
             # The pool before any thread starts here (tqdm's monitor): forking is then safe.
             pool = _pool_context().Pool(job.workers, initializer=_init_worker,
                                         initargs=init_args)

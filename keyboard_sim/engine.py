@@ -110,6 +110,20 @@ class Engine:
         self._lexicon = lexicon
         self.rates = {c: float(r) for c, r in profile.rates.items()}
 
+    def prepare(self) -> Engine:
+        """Builds every lazily built table now (layout grids and plans, Unicode tables, the
+        misspelling lexicon if a word channel is on), e.g. before forking workers that should
+        inherit them. Returns self."""
+        L = self.layout
+        for name in ("grid", "_bins", "plan", "neighbors", "space_row", "hands", "key_cp",
+                     "switch_keys"):
+            getattr(L, name)
+        L.plan.lookup(np.zeros(1, dtype=np.uint32))
+        tables()
+        if self.rates[Channel.MISSPELLING] > 0 or self.rates[Channel.REAL_WORD] > 0:
+            _ = self.lexicon
+        return self
+
     @property
     def lexicon(self) -> Lexicon:
         if not isinstance(self._lexicon, Lexicon):

@@ -462,6 +462,8 @@ def json_line(obj: Any) -> str:
 
 
 _JSON_UTF8 = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+# json's own string escaper for ensure_ascii=False (its C implementation where available).
+_escape = json.encoder.encode_basestring
 _JSON_ASCII = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"))
 
 
@@ -470,13 +472,30 @@ def pair_to_jsonl(pair: Pair) -> str:
     return json_line(pair.to_dict())
 
 
+_EDIT = '{"type":"%s","clean":[%d,%d],"noisy":[%d,%d]}'  # %-format: fastest here
+
+
+def _fast_line(pair: Pair) -> str:
+    """`json_line(pair.to_dict())` built directly: the same bytes, without the dicts."""
+    esc = _escape
+    edits = ",".join([_EDIT % e for e in pair.edits])
+    line = '{"id":%s,"clean":%s,"noisy":%s,"edits":[%s]' % (  # noqa: UP031 (speed)
+        esc(pair.id), esc(pair.clean), esc(pair.noisy), edits)
+    if pair.touches is not None:
+        line += ',"touches":[%s]' % ",".join(  # noqa: UP031 (speed)
+            ["[%r,%r,%s]" % (round(t.x, 2), round(t.y, 2), esc(t.key))  # noqa: UP031
+             for t in pair.touches])
+    return line + "}\n"
+
+
 def pairs_to_jsonl_bytes(pairs: Iterable[Pair]) -> bytes:
     """Many pairs as UTF-8 JSONL bytes (what workers send back to the writer)."""
-    dicts = [p.to_dict() for p in pairs]
+    pairs = list(pairs)
+    lines = [_fast_line(p) for p in pairs]
     try:
-        return "".join([_JSON_UTF8.encode(d) + "\n" for d in dicts]).encode("utf-8")
+        return "".join(lines).encode("utf-8")
     except UnicodeEncodeError:  # a lone surrogate somewhere: escape the lines that hold one
-        return "".join([json_line(d) for d in dicts]).encode("utf-8")
+        return "".join([json_line(p.to_dict()) for p in pairs]).encode("utf-8")
 
 
 class JsonlWriter:

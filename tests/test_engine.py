@@ -271,3 +271,15 @@ def test_drawn_touches_decode_to_the_typed_key():
             if t.key.isalpha() and t.key.islower():
                 k = LAYOUT.decode(np.array([letters]), np.array([t.x]), np.array([t.y]))[0]
                 assert LAYOUT.keys[k].label == t.key
+
+
+def test_prepare_builds_the_lazy_tables():
+    from keyboard_sim.engine import Engine
+    from keyboard_sim.lexicon import load_lexicon
+
+    load_lexicon.cache_clear()
+    Engine(LAYOUT, BASE).prepare()
+    assert load_lexicon.cache_info().currsize == 1
+    load_lexicon.cache_clear()
+    Engine(LAYOUT, BASE.only(None)).prepare()  # no word channel: no lexicon needed
+    assert load_lexicon.cache_info().currsize == 0

@@ -438,3 +438,17 @@ def test_write_m2_file(tmp_path):
     text = out.read_text(encoding="utf-8")
     assert text.count("\n\nS ") == 2 and text.startswith("S helo world\n")
     assert "A 0 1|||omission|||hello" + A in text
+
+
+def test_fast_jsonl_lines_equal_the_dict_encoding():
+    from keyboard_sim import simulate
+    from keyboard_sim.io import json_line, pairs_to_jsonl_bytes
+
+    texts = ['a"b\\c\t\x01 é 😀', "Hello there, ok?", "", "\ud800 lone surrogate"]
+    for touches in (False, True):
+        pairs = simulate(texts * 5, "raw", seed=1, touches=touches)
+        want = "".join(json_line(p.to_dict()) for p in pairs).encode("utf-8")
+        assert pairs_to_jsonl_bytes(pairs) == want
+        clean = [p for p in pairs if "\ud800" not in p.clean]
+        want = "".join(json_line(p.to_dict()) for p in clean).encode("utf-8")
+        assert pairs_to_jsonl_bytes(clean) == want
