@@ -99,12 +99,15 @@ class RunSummary:
     written: int = 0
     rejected: int = 0
     seconds: float = 0.0
+    setup_seconds: float = 0.0  # loading tables and starting workers, before the first record
     stats: PairStats | None = None
 
     def line(self) -> str:
-        rate = self.written / self.seconds if self.seconds > 0 else 0.0
+        work = self.seconds - self.setup_seconds
+        rate = self.written / work if work > 0 else 0.0
         return (f"{self.records_in} records in, {self.written} written, {self.rejected} "
-                f"rejected, {self.seconds:.2f} s ({rate:,.0f} records/s)")
+                f"rejected, {self.seconds:.2f} s (set-up {self.setup_seconds:.2f} s, then "
+                f"{rate:,.0f} records/s)")
 
 
 # ----------------------------------------------------------------------------- workers
@@ -206,12 +209,13 @@ def run_simulate(job: SimulateJob, progress: bool = False,
     bar = None
     try:
         _init_worker(*init_args)
-        if job.workers > 1:
-            # Build the lazily loaded tables (lexicon, layout grids) once here, so that forked
-            # workers inherit them instead of each building its own.
-            from keyboard_sim.engine import Engine
+        # Build the lazily loaded tables (lexicon, layout grids) once here, before the first
+        # record: forked workers inherit them instead of each building its own, and set-up
+        # is timed apart from the work.
+        from keyboard_sim.engine import Engine
 
-            Engine(_WORKER["layout"], _WORKER["profile"]).prepare()
+        Engine(_WORKER["layout"], _WORKER["profile"]).prepare()
+        if job.workers > 1:
             # The pool before any thread starts here (tqdm's monitor): forking is then safe.
             pool = _pool_context().Pool(job.workers, initializer=_init_worker,
                                         initargs=init_args)
@@ -225,6 +229,7 @@ def run_simulate(job: SimulateJob, progress: bool = False,
         writer = (JsonlWriter(job.output) if out_fmt == "jsonl"
                   else ParquetWriter(job.output, touches=job.touches))
         m2_writer = M2Writer(job.m2) if job.m2 is not None else None
+        summary.setup_seconds = time.perf_counter() - t0
         records = read_records(job.input, in_fmt, text_field=job.text_field,
                                id_field=job.id_field, rejects=rejects)
         done_lines = 0
