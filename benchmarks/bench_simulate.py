@@ -26,6 +26,7 @@ import datetime as dt
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -103,11 +104,18 @@ def time_kbsim_cli(
                     f"{' '.join(cmd)} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}"
                 )
             results[w]["seconds"].append(seconds)
+            # The CLI's own summary times its set-up (tables, workers) apart from the records.
+            m = re.search(r"([\d.]+) s \(set-up ([\d.]+) s", proc.stderr)
+            if m is None:
+                raise RuntimeError(f"no timing in the summary line:\n{proc.stderr[-2000:]}")
+            work = float(m.group(1)) - float(m.group(2))
+            results[w].setdefault("work_seconds", []).append(work)
             results[w].setdefault("other_load_cores_each", []).append(load.cores)
             results[w]["command"] = " ".join(["kbsim", *cmd[len(kbsim_command()) :]])
     for w in workers:
         best = min(range(repeat), key=results[w]["seconds"].__getitem__)
         results[w]["other_load_cores"] = results[w]["other_load_cores_each"][best]
+        results[w]["best_work_seconds"] = min(results[w]["work_seconds"])
         data = (workdir / f"cli-workers{w}.jsonl").read_bytes()
         results[w]["records"] = data.count(b"\n")
         results[w]["output_bytes"] = len(data)
@@ -222,7 +230,12 @@ def table(rows: list[tuple[str, dict]]) -> str:
     ]
     for name, r in rows:
         changed = f"{100 * r['changed']:.0f}%" if "changed" in r else "-"
-        setup = f"{r['setup_seconds']:.2f}" if "setup_seconds" in r else "in the time"
+        if "setup_seconds" in r:
+            setup = f"{r['setup_seconds']:.2f}"
+        elif "best_work_seconds" in r:
+            setup = f"in the time (records alone: {r['best_work_seconds']:.2f} s)"
+        else:
+            setup = "in the time"
         lines.append(
             f"| {name} | {r['messages_per_s']:,.0f} | {r['chars_per_s']:,.0f} | "
             f"{r['best_seconds']:.2f} of {len(r['seconds'])} | {setup} | {changed} | "
@@ -254,8 +267,17 @@ def goals(results: dict) -> list[dict]:
             True,
         )
     if "kbsim_cli_w1" in results and "kbsim_cli_w2" in results:
+        # Rate after set-up, as the other tools are timed (their import and construction are
+        # reported apart): the CLI's own summary gives its set-up time.
         add(
-            "kbsim CLI --workers 2 / --workers 1",
+            "kbsim CLI --workers 2 / --workers 1, per-record rate after set-up",
+            results["kbsim_cli_w1"]["best_work_seconds"]
+            / results["kbsim_cli_w2"]["best_work_seconds"],
+            GOAL_WORKERS,
+            False,
+        )
+        add(
+            "kbsim CLI --workers 2 / --workers 1, end to end (start-up included)",
             results["kbsim_cli_w2"]["chars_per_s"] / results["kbsim_cli_w1"]["chars_per_s"],
             GOAL_WORKERS,
             False,

@@ -307,22 +307,64 @@ def _iter_lines(path: PathLike, sink: Rejects | None) -> Iterator[tuple[int, str
     each line is decoded on its own, so invalid UTF-8 is caught on the line where it occurs.
     A UTF-8 byte order mark at the very start is dropped.
     """
+    n = 0
     with _open_binary(path) as f:
-        for n, raw in enumerate(f, 1):
-            if raw.endswith(b"\n"):
-                raw = raw[:-2] if raw.endswith(b"\r\n") else raw[:-1]
+        for block in _line_blocks(f):
+            raws = block.split(b"\n")
+            ends_nl = raws[-1] == b""
+            if ends_nl:
+                raws.pop()  # the block ends with a newline: no line after it
+            # Only a "\r" right before a "\n" is part of the line break.
+            crlf = [r.endswith(b"\r") for r in raws] if b"\r" in block else None
+            if crlf is not None and not ends_nl:
+                crlf[-1] = False
             try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                reason = (f"invalid UTF-8 (byte 0x{raw[e.start]:02x} at byte {e.start} of the "
-                          f"line)")
-                if sink is None:
-                    raise InputError(path, n, reason) from None
-                sink.add(n, reason, raw.decode("utf-8", errors="backslashreplace"))
-                continue
-            if n == 1 and line.startswith(_BOM):
-                line = line[1:]
-            yield n, line
+                # Fast path: the whole block is valid UTF-8 (a split on "\n" then matches the
+                # split of the bytes, as UTF-8 never uses the byte 0x0a inside a character).
+                decoded = block.decode("utf-8").split("\n")
+                if ends_nl:
+                    decoded.pop()
+                if crlf is not None:
+                    decoded = [x[:-1] if c else x for x, c in zip(decoded, crlf, strict=True)]
+            except UnicodeDecodeError:
+                decoded = None
+            for i, raw in enumerate(raws):
+                n += 1
+                if decoded is not None:
+                    line = decoded[i]
+                else:
+                    if crlf is not None and crlf[i]:
+                        raw = raw[:-1]
+                    try:
+                        line = raw.decode("utf-8")
+                    except UnicodeDecodeError as e:
+                        reason = (f"invalid UTF-8 (byte 0x{raw[e.start]:02x} at byte {e.start} "
+                                  f"of the line)")
+                        if sink is None:
+                            raise InputError(path, n, reason) from None
+                        sink.add(n, reason, raw.decode("utf-8", errors="backslashreplace"))
+                        continue
+                if n == 1 and line.startswith(_BOM):
+                    line = line[1:]
+                yield n, line
+
+
+def _line_blocks(f, size: int = 1 << 20) -> Iterator[bytes]:
+    """The file in blocks of whole lines (each ends with b"\n", except perhaps the last)."""
+    rest = b""
+    while True:
+        data = f.read(size)
+        if not data:
+            if rest:
+                yield rest
+            return
+        data = rest + data
+        cut = data.rfind(b"\n") + 1
+        if cut == 0:
+            rest = data
+            continue
+        yield data[:cut]
+        rest = data[cut:]
 
 
 def _read_txt(path: PathLike, sink: Rejects | None) -> Iterator[Record]:

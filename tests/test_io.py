@@ -452,3 +452,17 @@ def test_fast_jsonl_lines_equal_the_dict_encoding():
         clean = [p for p in pairs if "\ud800" not in p.clean]
         want = "".join(json_line(p.to_dict()) for p in clean).encode("utf-8")
         assert pairs_to_jsonl_bytes(clean) == want
+
+
+def test_line_blocks_cover_the_file_in_whole_lines():
+    import io as _io
+    import random
+
+    from keyboard_sim.io import _line_blocks
+
+    rng = random.Random(1)
+    for _ in range(500):
+        data = bytes(rng.choice(b"ab\n\r") for _ in range(rng.randint(0, 40)))
+        blocks = list(_line_blocks(_io.BytesIO(data), rng.randint(1, 8)))
+        assert b"".join(blocks) == data
+        assert all(b.endswith(b"\n") for b in blocks[:-1]) and all(blocks)
