@@ -15,7 +15,7 @@ import os
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,11 +29,12 @@ from keyboard_sim.io import (
     Rejects,
     count_records,
     input_format,
+    line_ranges,
     output_format,
     pair_to_m2,
     pairs_to_jsonl_bytes,
     pairs_to_record_batch,
-    read_records,
+    read_chunks,
 )
 from keyboard_sim.stats import PairStats
 
@@ -124,6 +125,30 @@ def _init_worker(layout: str, profile: dict, seed: int, touches: bool, fmt: str,
 
     _WORKER.update(layout=load_layout(layout), profile=TypistProfile.from_dict(profile),
                    seed=seed, touches=touches, fmt=fmt, m2=m2, stats=stats)
+    _keep_heap()
+
+
+def _keep_heap() -> None:
+    """Asks glibc's malloc to keep freed memory instead of returning it to the system.
+
+    The engine allocates and frees a few large numpy arrays per chunk; by default glibc maps
+    and unmaps them (or trims the heap) each time, and in a forked worker every first touch
+    of a page is then a page fault. Keeping the memory cut the workers' system time by about
+    half in benchmarks/bench_simulate.py. Only worker processes call this, and only on glibc.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if not name or "libc.so" not in name:
+        return
+    try:
+        libc = ctypes.CDLL(name)
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        libc.mallopt(m_mmap_threshold, 256 << 20)
+        libc.mallopt(m_trim_threshold, 512 << 20)
+    except (OSError, AttributeError):
+        return
 
 
 def _simulate_chunk(chunk: tuple[list[str], list[str]]) -> tuple[int, Any, str | None,
@@ -142,6 +167,28 @@ def _simulate_chunk(chunk: tuple[list[str], list[str]]) -> tuple[int, Any, str |
         payload = pairs_to_record_batch(pairs, w["touches"])
     m2 = "".join(pair_to_m2(p) for p in pairs) if w["m2"] else None
     return len(pairs), payload, m2, PairStats.of(pairs) if w["stats"] else None
+
+
+def _simulate_range(task: tuple) -> tuple:
+    """A worker reads lines [first, last] of the input itself (bytes [start, end)), simulates
+    them and, for JSONL output, writes its part of the output to `part` (the parent appends
+    the file without reading it). Returns (records, payload or None, M2 text, stats, rejects).
+
+    Reading and writing in the workers leaves the parent almost nothing to do per record, so
+    two workers come close to twice the speed of one.
+    """
+    from keyboard_sim.io import RejectList, read_range
+
+    path, fmt, start, end, first, text_field, id_field, keep_rejects, part = task
+    sink = RejectList() if keep_rejects else None
+    texts, ids = read_range(path, fmt, start, end, first, text_field=text_field,
+                            id_field=id_field, rejects=sink)
+    n, payload, m2, stats = _simulate_chunk((texts, ids))
+    if part is not None:
+        with open(part, "wb") as f:
+            f.write(payload)
+        payload = None
+    return n, payload, m2, stats, sink.items if sink is not None else []
 
 
 def _pool_context() -> Any:
@@ -230,14 +277,17 @@ def run_simulate(job: SimulateJob, progress: bool = False,
                   else ParquetWriter(job.output, touches=job.touches))
         m2_writer = M2Writer(job.m2) if job.m2 is not None else None
         summary.setup_seconds = time.perf_counter() - t0
-        records = read_records(job.input, in_fmt, text_field=job.text_field,
-                               id_field=job.id_field, rejects=rejects)
+        chunks = ((((texts, ids)), last) for texts, ids, last in read_chunks(
+            job.input, job.chunk_size, in_fmt, text_field=job.text_field,
+            id_field=job.id_field, rejects=rejects))
         done_lines = 0
 
         def handle(result: tuple, last_line: int) -> None:
             nonlocal done_lines
             n, payload, m2, stats = result
-            if out_fmt == "jsonl":
+            if payload is None:
+                pass  # a worker's part file, already appended
+            elif out_fmt == "jsonl":
                 writer.write_bytes(payload, n)
             else:
                 writer.write_batch(payload)
@@ -251,14 +301,44 @@ def run_simulate(job: SimulateJob, progress: bool = False,
             if on_chunk is not None:
                 on_chunk(done_lines)
 
+        def handle_part(res: Any, last_line: int, part: str | None) -> None:
+            n, payload, m2, stats, bad = res.get()
+            for line, reason, raw in bad:
+                rejects.add(line, reason, raw)
+            if part is not None:
+                writer.append_file(part, n)
+                os.unlink(part)
+            handle((n, payload, m2, stats), last_line)
+
         if pool is None:
-            for chunk, last_line in _chunks(records, job.chunk_size):
+            for chunk, last_line in chunks:
                 handle(_simulate_chunk(chunk), last_line)
+        elif in_fmt in ("txt", "jsonl"):
+            # Workers read their own line ranges and write their own output parts.
+            import tempfile
+
+            parts = Path(tempfile.mkdtemp(prefix=".kbsim-parts-", dir=job.output.parent))
+            try:
+                pending = deque()
+                ranges = line_ranges(job.input, job.chunk_size)
+                for k, (start, end, first, last) in enumerate(ranges):
+                    part = str(parts / f"{k}.jsonl") if out_fmt == "jsonl" else None
+                    task = (str(job.input), in_fmt, start, end, first, job.text_field,
+                            job.id_field, rejects is not None, part)
+                    pending.append((pool.apply_async(_simulate_range, (task,)), last, part))
+                    if len(pending) >= 2 * job.workers:
+                        handle_part(*pending.popleft())
+                while pending:
+                    handle_part(*pending.popleft())
+            finally:
+                import shutil
+
+                shutil.rmtree(parts, ignore_errors=True)
         else:
             # Bounded look-ahead instead of Pool.imap, whose feeder thread would read the
             # whole input into its queue: at most two chunks per worker are in flight.
             pending: deque = deque()
-            for chunk, last_line in _chunks(records, job.chunk_size):
+            for chunk, last_line in chunks:
                 pending.append((pool.apply_async(_simulate_chunk, (chunk,)), last_line))
                 if len(pending) >= 2 * job.workers:
                     res, line = pending.popleft()
@@ -294,19 +374,3 @@ def run_simulate(job: SimulateJob, progress: bool = False,
             w.close()
     summary.seconds = time.perf_counter() - t0
     return summary
-
-
-def _chunks(records: Iterator, size: int) -> Iterator[tuple[tuple[list[str], list[str]], int]]:
-    """Groups records into (texts, ids) chunks, each with the line number of its last record."""
-    texts: list[str] = []
-    ids: list[str] = []
-    last = 0
-    for r in records:
-        texts.append(r.text)
-        ids.append(r.id)
-        last = r.line
-        if len(texts) >= size:
-            yield (texts, ids), last
-            texts, ids = [], []
-    if texts:
-        yield (texts, ids), last

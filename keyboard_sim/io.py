@@ -50,8 +50,12 @@ class InputError(ValueError):
         self.path = str(path)
         self.line = line
         self.reason = reason
+        self.unit = unit
         where = f"{self.path} {unit} {line}" if line is not None else self.path
         super().__init__(f"{where}: {reason}")
+
+    def __reduce__(self):  # so that it crosses process boundaries intact
+        return (InputError, (self.path, self.line, self.reason, self.unit))
 
 
 class Record(NamedTuple):
@@ -270,6 +274,121 @@ def read_records(
         sink.close()
 
 
+def read_chunks(
+    path: PathLike,
+    size: int,
+    fmt: str | None = None,
+    *,
+    text_field: str = "text",
+    id_field: str | None = None,
+    rejects: Rejects | None = None,
+) -> Iterator[tuple[list[str], list[str], int]]:
+    """`read_records` grouped: (texts, ids, last line number) for up to `size` records each.
+
+    Plain text is cut from whole blocks of lines without a record object per line (what a
+    parallel job's parent does for every record, so it stays cheap).
+    """
+    fmt = input_format(path, fmt)
+    texts: list[str] = []
+    ids: list[str] = []
+    last = 0
+    if fmt == "txt":
+        if id_field is not None:
+            raise InputError(path, None, "plain text input has no fields; drop the id field")
+        for numbers, lines in _line_batches(path, rejects):
+            start = 0
+            while start < len(lines):
+                take = min(size - len(texts), len(lines) - start)
+                nums = numbers[start : start + take]
+                texts += lines[start : start + take]
+                ids += [str(k - 1) for k in nums] if not isinstance(nums, range) else list(
+                    map(str, range(nums.start - 1, nums.stop - 1)))
+                last = nums[-1]
+                start += take
+                if len(texts) >= size:
+                    yield texts, ids, last
+                    texts, ids = [], []
+    else:
+        for r in read_records(path, fmt, text_field=text_field, id_field=id_field,
+                              rejects=rejects):
+            texts.append(r.text)
+            ids.append(r.id)
+            last = r.line
+            if len(texts) >= size:
+                yield texts, ids, last
+                texts, ids = [], []
+    if texts:
+        yield texts, ids, last
+
+
+class RejectList:
+    """Bad records kept in memory (a worker's `Rejects`), replayed into a real one later."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[int, str, str]] = []
+
+    def add(self, line: int, reason: str, raw: str) -> None:
+        self.items.append((line, reason, raw))
+
+
+def line_ranges(path: PathLike, lines_per_range: int,
+                block_size: int = 1 << 22) -> Iterator[tuple[int, int, int, int]]:
+    """Splits a text or JSONL file into (start byte, end byte, first line, last line) ranges
+    of `lines_per_range` whole lines (the last range may be shorter), for workers that read
+    their own part of the input."""
+    import numpy as np
+
+    if lines_per_range < 1:
+        raise ValueError("lines_per_range must be >= 1")
+    start = 0  # byte where the current range starts
+    first = 1  # its first line
+    pending = 0  # lines counted in the current range so far
+    offset = 0  # file offset of the block
+    with _open_binary(path) as f:
+        while block := f.read(block_size):
+            ends = np.flatnonzero(np.frombuffer(block, dtype=np.uint8) == 10) + offset + 1
+            i = lines_per_range - pending - 1
+            while i < len(ends):
+                end = int(ends[i])
+                yield start, end, first, first + lines_per_range - 1
+                start, first = end, first + lines_per_range
+                i += lines_per_range
+            pending = (pending + len(ends)) % lines_per_range
+            offset += len(block)
+    if offset > start:  # lines after the last full range (the last one maybe unterminated)
+        size = offset - start
+        with _open_binary(path) as f:
+            f.seek(start)
+            tail = f.read(size)
+        n = tail.count(b"\n") + (not tail.endswith(b"\n"))
+        yield start, offset, first, first + n - 1
+
+
+def read_range(path: PathLike, fmt: str, start: int, end: int, first_line: int, *,
+               text_field: str = "text", id_field: str | None = None,
+               rejects=None) -> tuple[list[str], list[str]]:
+    """(texts, ids) of the whole lines in bytes [start, end) of a text or JSONL file whose
+    first line is `first_line`; bad records go to `rejects` (anything with `add`) or raise."""
+    with _open_binary(path) as f:
+        f.seek(start)
+        block = f.read(end - start)
+    batches = _decode_block(block, first_line, path, rejects)
+    if fmt == "txt":
+        texts: list[str] = []
+        ids: list[str] = []
+        for numbers, lines in batches:
+            texts += lines
+            ids += [str(k - 1) for k in numbers]
+        return texts, ids
+    numbered = ((n, line) for numbers, lines in batches
+                for n, line in zip(numbers, lines, strict=True))
+    texts, ids = [], []
+    for r in _jsonl_records(numbered, path, text_field, id_field, rejects):
+        texts.append(r.text)
+        ids.append(r.id)
+    return texts, ids
+
+
 def read_texts(path: PathLike, fmt: str | None = None, **kwargs: Any) -> Iterator[str]:
     """The texts alone of `read_records` (same arguments)."""
     for record in read_records(path, fmt, **kwargs):
@@ -300,6 +419,67 @@ def _open_binary(path: PathLike) -> IO[bytes]:
         raise InputError(path, None, f"cannot open: {e.strerror or e}") from None
 
 
+def _line_batches(path: PathLike, sink: Rejects | None):
+    """(line numbers, lines) batches covering the file; rejected lines are left out.
+
+    A block that decodes whole is one batch with a range of line numbers (the common case);
+    otherwise its lines come one by one. See `_iter_lines` for the rules.
+    """
+    n = 0
+    with _open_binary(path) as f:
+        for block in _line_blocks(f):
+            first = n + 1
+            n += block.count(b"\n") + (not block.endswith(b"\n"))
+            yield from _decode_block(block, first, path, sink)
+
+
+def _decode_block(block: bytes, first: int, path: PathLike, sink):
+    """The lines of `block` (whole lines of a file, the first being line `first`) as batches.
+
+    `sink` is anything with `add(line, reason, raw)` (a `Rejects`, or a `RejectList` in a
+    worker process), or None to raise `InputError` on the first bad line.
+    """
+    raws = block.split(b"\n")
+    ends_nl = raws[-1] == b""
+    if ends_nl:
+        raws.pop()  # the block ends with a newline: no line after it
+    # Only a "\r" right before a "\n" is part of the line break.
+    crlf = [r.endswith(b"\r") for r in raws] if b"\r" in block else None
+    if crlf is not None and not ends_nl:
+        crlf[-1] = False
+    try:
+        # Fast path: the whole block is valid UTF-8 (a split on "\n" then matches the split of
+        # the bytes, as UTF-8 never uses the byte 0x0a inside a character).
+        lines = block.decode("utf-8").split("\n")
+        if ends_nl:
+            lines.pop()
+        if crlf is not None:
+            lines = [x[:-1] if c else x for x, c in zip(lines, crlf, strict=True)]
+        if first == 1 and lines and lines[0].startswith(_BOM):
+            lines[0] = lines[0][1:]
+        yield range(first, first + len(lines)), lines
+        return
+    except UnicodeDecodeError:
+        pass
+    # Slow path, line by line (one-line batches keep rejects in line order with the consumer's
+    # own).
+    for i, raw in enumerate(raws):
+        line_no = first + i
+        if crlf is not None and crlf[i]:
+            raw = raw[:-1]
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            reason = f"invalid UTF-8 (byte 0x{raw[e.start]:02x} at byte {e.start} of the line)"
+            if sink is None:
+                raise InputError(path, line_no, reason) from None
+            sink.add(line_no, reason, raw.decode("utf-8", errors="backslashreplace"))
+            continue
+        if line_no == 1 and line.startswith(_BOM):
+            line = line[1:]
+        yield [line_no], [line]
+
+
 def _iter_lines(path: PathLike, sink: Rejects | None) -> Iterator[tuple[int, str]]:
     """(1-based line number, decoded line) with only the trailing "\\n" or "\\r\\n" removed.
 
@@ -307,46 +487,8 @@ def _iter_lines(path: PathLike, sink: Rejects | None) -> Iterator[tuple[int, str
     each line is decoded on its own, so invalid UTF-8 is caught on the line where it occurs.
     A UTF-8 byte order mark at the very start is dropped.
     """
-    n = 0
-    with _open_binary(path) as f:
-        for block in _line_blocks(f):
-            raws = block.split(b"\n")
-            ends_nl = raws[-1] == b""
-            if ends_nl:
-                raws.pop()  # the block ends with a newline: no line after it
-            # Only a "\r" right before a "\n" is part of the line break.
-            crlf = [r.endswith(b"\r") for r in raws] if b"\r" in block else None
-            if crlf is not None and not ends_nl:
-                crlf[-1] = False
-            try:
-                # Fast path: the whole block is valid UTF-8 (a split on "\n" then matches the
-                # split of the bytes, as UTF-8 never uses the byte 0x0a inside a character).
-                decoded = block.decode("utf-8").split("\n")
-                if ends_nl:
-                    decoded.pop()
-                if crlf is not None:
-                    decoded = [x[:-1] if c else x for x, c in zip(decoded, crlf, strict=True)]
-            except UnicodeDecodeError:
-                decoded = None
-            for i, raw in enumerate(raws):
-                n += 1
-                if decoded is not None:
-                    line = decoded[i]
-                else:
-                    if crlf is not None and crlf[i]:
-                        raw = raw[:-1]
-                    try:
-                        line = raw.decode("utf-8")
-                    except UnicodeDecodeError as e:
-                        reason = (f"invalid UTF-8 (byte 0x{raw[e.start]:02x} at byte {e.start} "
-                                  f"of the line)")
-                        if sink is None:
-                            raise InputError(path, n, reason) from None
-                        sink.add(n, reason, raw.decode("utf-8", errors="backslashreplace"))
-                        continue
-                if n == 1 and line.startswith(_BOM):
-                    line = line[1:]
-                yield n, line
+    for numbers, lines in _line_batches(path, sink):
+        yield from zip(numbers, lines, strict=True)
 
 
 def _line_blocks(f, size: int = 1 << 20) -> Iterator[bytes]:
@@ -374,7 +516,12 @@ def _read_txt(path: PathLike, sink: Rejects | None) -> Iterator[Record]:
 
 def _read_jsonl(path: PathLike, text_field: str, id_field: str | None,
                 sink: Rejects | None) -> Iterator[Record]:
-    for n, line in _iter_lines(path, sink):
+    yield from _jsonl_records(_iter_lines(path, sink), path, text_field, id_field, sink)
+
+
+def _jsonl_records(numbered_lines, path: PathLike, text_field: str, id_field: str | None,
+                   sink) -> Iterator[Record]:
+    for n, line in numbered_lines:
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
@@ -562,6 +709,11 @@ class JsonlWriter:
         self._f.write(data)
         self.count += n_records
 
+    def append_file(self, path: PathLike, n_records: int) -> None:
+        """Appends the bytes of a file of lines (a worker's part) without reading them here."""
+        _append_file(self._f, path)
+        self.count += n_records
+
     def close(self) -> None:
         """Finishes the file and moves it into place."""
         self._af.commit()
@@ -578,6 +730,28 @@ class JsonlWriter:
             self.close()
         else:
             self.abort()
+
+
+def _append_file(out: IO[bytes], path: PathLike) -> None:
+    """Copies a file's bytes to the end of `out` in the kernel where it can (sendfile)."""
+    out.flush()
+    with open(path, "rb") as src:
+        size = os.fstat(src.fileno()).st_size
+        sent = 0
+        try:
+            while sent < size:
+                n = os.sendfile(out.fileno(), src.fileno(), sent, size - sent)
+                if n == 0:
+                    break
+                sent += n
+        except (AttributeError, OSError):
+            pass
+        if sent < size:  # no sendfile here: copy the rest through user space
+            src.seek(sent)
+            import shutil
+
+            shutil.copyfileobj(src, out)
+            out.flush()
 
 
 def write_jsonl(pairs: Iterable[Pair], path: PathLike) -> int:

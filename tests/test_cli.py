@@ -243,3 +243,22 @@ def test_demo_end_to_end_on_a_slice_of_the_corpus(tmp_path, capsys):
         assert [p["id"] for p in pairs] == [m["id"] for m in messages]
         assert [p["clean"] for p in pairs] == [m["text"] for m in messages]
         assert (out / f"{preset}.m2").read_text(encoding="utf-8").count("\nA ") >= 300
+
+
+@pytest.mark.parametrize("ext", ["txt", "jsonl"])
+def test_workers_reading_their_own_ranges_match_one_process(tmp_path, ext):
+    # Two workers read their own line ranges: same output, same rejects, in the same order.
+    inp = tmp_path / f"in.{ext}"
+    if ext == "txt":
+        inp.write_bytes(b"fine\r\nbad \xff\n\nok then\n" * 9 + b"no newline at the end")
+    else:
+        inp.write_bytes(b'{"text": "fine"}\n{"body": 1}\nnot json\n{"text": "caf\xc3\xa9"}\n'
+                        b'{"text": "bad \xff"}\n' * 9)
+    results = []
+    for workers, chunk in [(1, 2048), (2, 1), (2, 4)]:
+        out, rej = tmp_path / f"o{workers}{chunk}.jsonl", tmp_path / f"r{workers}{chunk}.jsonl"
+        assert _run("simulate", "-i", inp, "-o", out, "--rejects", rej, "--workers", workers,
+                    "--chunk-size", chunk) == 0
+        results.append((out.read_bytes(), rej.read_bytes()))
+    assert len(set(results)) == 1
+    assert results[0][1].count(b"\n") == (9 if ext == "txt" else 27)

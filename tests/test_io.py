@@ -466,3 +466,21 @@ def test_line_blocks_cover_the_file_in_whole_lines():
         blocks = list(_line_blocks(_io.BytesIO(data), rng.randint(1, 8)))
         assert b"".join(blocks) == data
         assert all(b.endswith(b"\n") for b in blocks[:-1]) and all(blocks)
+
+
+def test_read_chunks_equals_grouped_records(tmp_path):
+    from keyboard_sim.io import Rejects, read_chunks, read_records
+
+    f = tmp_path / "in.txt"
+    f.write_bytes(b"a\r\nb\n\xff bad\n\nc\r\n" * 7 + b"last")
+    for size in (1, 2, 5, 100):
+        rej1, rej2 = tmp_path / f"r1-{size}.jsonl", tmp_path / f"r2-{size}.jsonl"
+        with Rejects(rej1) as s1:
+            recs = list(read_records(f, rejects=s1))
+        with Rejects(rej2) as s2:
+            chunks = list(read_chunks(f, size, rejects=s2))
+        assert [t for c in chunks for t in c[0]] == [r.text for r in recs]
+        assert [i for c in chunks for i in c[1]] == [r.id for r in recs]
+        assert all(len(c[0]) <= size for c in chunks)
+        assert [c[2] for c in chunks][-1] == recs[-1].line
+        assert rej1.read_bytes() == rej2.read_bytes()
