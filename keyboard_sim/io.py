@@ -158,7 +158,35 @@ def atomic_write_text(path: PathLike, text: str, encoding: str = "utf-8") -> Non
 # --------------------------------------------------------------------------- rejects
 
 
-class Rejects:
+class _AtomicWriter:
+    """A file written through an `AtomicFile`: `close()` (or leaving a `with` block normally)
+    puts it in place, `abort()` (or an exception) drops it. Subclasses write to `self._f`."""
+
+    def __init__(self, path: PathLike, mode: str) -> None:
+        self.path = Path(path)
+        self.count = 0
+        self._af = AtomicFile(self.path, mode)
+        self._f = self._af.file
+
+    def close(self) -> None:
+        """Finishes the file and moves it into place."""
+        self._af.commit()
+
+    def abort(self) -> None:
+        """Drops the temporary file; nothing is written at `path`."""
+        self._af.abort()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+class Rejects(_AtomicWriter):
     """A JSONL file of records that could not be read: {"line": n, "reason": ..., "raw": ...}.
 
     Written atomically: `close()` (or leaving the `with` block normally) puts the file in place;
@@ -166,10 +194,7 @@ class Rejects:
     """
 
     def __init__(self, path: PathLike) -> None:
-        self.path = Path(path)
-        self.count = 0
-        self._af = AtomicFile(self.path, "w")
-        self._f: IO[str] | None = self._af.file
+        super().__init__(path, "w")
 
     def add(self, line: int, reason: str, raw: str) -> None:
         """Sets one bad record aside."""
@@ -179,23 +204,12 @@ class Rejects:
         self.count += 1
 
     def close(self) -> None:
-        """Closes the file and moves it into place."""
         self._f = None
-        self._af.commit()
+        super().close()
 
     def abort(self) -> None:
-        """Closes and removes the temporary file; nothing is written at `path`."""
         self._f = None
-        self._af.abort()
-
-    def __enter__(self) -> Rejects:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
+        super().abort()
 
 
 # --------------------------------------------------------------------------- readers
@@ -687,7 +701,7 @@ def pairs_to_jsonl_bytes(pairs: Iterable[Pair]) -> bytes:
         return "".join([json_line(p.to_dict()) for p in pairs]).encode("utf-8")
 
 
-class JsonlWriter:
+class JsonlWriter(_AtomicWriter):
     """Streams pairs to a JSONL file, atomically. Use as a context manager.
 
     `write` takes a `Pair` (or a JSON-ready dict); `write_bytes` takes lines already encoded
@@ -695,10 +709,7 @@ class JsonlWriter:
     """
 
     def __init__(self, path: PathLike) -> None:
-        self.path = Path(path)
-        self.count = 0
-        self._af = AtomicFile(self.path, "wb")
-        self._f: IO[bytes] = self._af.file
+        super().__init__(path, "wb")
 
     def write(self, item: Pair | dict) -> None:
         d = item.to_dict() if isinstance(item, Pair) else item
@@ -713,23 +724,6 @@ class JsonlWriter:
         """Appends the bytes of a file of lines (a worker's part) without reading them here."""
         _append_file(self._f, path)
         self.count += n_records
-
-    def close(self) -> None:
-        """Finishes the file and moves it into place."""
-        self._af.commit()
-
-    def abort(self) -> None:
-        """Drops the temporary file; nothing is written at `path`."""
-        self._af.abort()
-
-    def __enter__(self) -> JsonlWriter:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
 
 
 def _append_file(out: IO[bytes], path: PathLike) -> None:
@@ -818,7 +812,7 @@ def _utf8_safe(s: str) -> str:
     return s
 
 
-class ParquetWriter:
+class ParquetWriter(_AtomicWriter):
     """Streams pairs to a Parquet file, atomically, in row groups of a fixed size.
 
     Row groups hold exactly `row_group_size` rows (the last one fewer) however the rows arrive,
@@ -828,15 +822,12 @@ class ParquetWriter:
     def __init__(self, path: PathLike, touches: bool = False,
                  row_group_size: int = PARQUET_ROW_GROUP) -> None:
         pq = _pyarrow_parquet()
-        self.path = Path(path)
+        super().__init__(path, "wb")
         self.touches = touches
         self.schema = parquet_schema(touches)
         self.row_group_size = row_group_size
-        self.count = 0
         self._pending: list[Any] = []
         self._pending_rows = 0
-        self._af = AtomicFile(self.path, "wb")
-        self._f = self._af.file
         self._writer = pq.ParquetWriter(self._f, self.schema, compression="zstd")
 
     def write(self, pair: Pair) -> None:
@@ -885,15 +876,6 @@ class ParquetWriter:
             with contextlib.suppress(Exception):
                 self._writer.close()
             self._af.abort()
-
-    def __enter__(self) -> ParquetWriter:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
 
 
 def write_parquet(pairs: Iterable[Pair], path: PathLike, touches: bool = False,
@@ -1017,14 +999,11 @@ def _between_tokens(text: str, pos: int) -> bool:
     return pos <= 0 or pos >= len(text) or text[pos - 1].isspace() or text[pos].isspace()
 
 
-class M2Writer:
+class M2Writer(_AtomicWriter):
     """Streams M2 blocks to a file, atomically. Use as a context manager."""
 
     def __init__(self, path: PathLike) -> None:
-        self.path = Path(path)
-        self.count = 0
-        self._af = AtomicFile(self.path, "wb")
-        self._f: IO[bytes] = self._af.file
+        super().__init__(path, "wb")
 
     def write(self, pair: Pair) -> None:
         self._f.write(pair_to_m2(pair).encode("utf-8", errors="replace"))
@@ -1034,23 +1013,6 @@ class M2Writer:
         """Appends blocks already made by `pair_to_m2`."""
         self._f.write(text.encode("utf-8", errors="replace"))
         self.count += n_records
-
-    def close(self) -> None:
-        """Finishes the file and moves it into place."""
-        self._af.commit()
-
-    def abort(self) -> None:
-        """Drops the temporary file; nothing is written at `path`."""
-        self._af.abort()
-
-    def __enter__(self) -> M2Writer:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
 
 
 def write_m2(pairs: Iterable[Pair], path: PathLike) -> int:
