@@ -215,34 +215,28 @@ class Rejects(_AtomicWriter):
 # --------------------------------------------------------------------------- readers
 
 
-def input_format(path: PathLike, fmt: str | None = None) -> str:
-    """The input format: `fmt` if given, else from the file's extension."""
+def _format(path: PathLike, fmt: str | None, side: str, known: tuple, extensions: dict) -> str:
     if fmt is not None:
-        if fmt not in INPUT_FORMATS:
-            raise ValueError(f"unknown input format {fmt!r}; known: {', '.join(INPUT_FORMATS)}")
+        if fmt not in known:
+            raise ValueError(f"unknown {side} format {fmt!r}; known: {', '.join(known)}")
         return fmt
     ext = Path(path).suffix.lower()
-    if ext not in _INPUT_EXTENSIONS:
+    if ext not in extensions:
         raise ValueError(
-            f"cannot tell the input format of {path} from its extension "
-            f"(known: {', '.join(sorted(_INPUT_EXTENSIONS))}); give it explicitly"
+            f"cannot tell the {side} format of {path} from its extension "
+            f"(known: {', '.join(sorted(extensions))}); give it explicitly"
         )
-    return _INPUT_EXTENSIONS[ext]
+    return extensions[ext]
+
+
+def input_format(path: PathLike, fmt: str | None = None) -> str:
+    """The input format: `fmt` if given, else from the file's extension."""
+    return _format(path, fmt, "input", INPUT_FORMATS, _INPUT_EXTENSIONS)
 
 
 def output_format(path: PathLike, fmt: str | None = None) -> str:
     """The output format: `fmt` if given, else from the file's extension."""
-    if fmt is not None:
-        if fmt not in OUTPUT_FORMATS:
-            raise ValueError(f"unknown output format {fmt!r}; known: {', '.join(OUTPUT_FORMATS)}")
-        return fmt
-    ext = Path(path).suffix.lower()
-    if ext not in _OUTPUT_EXTENSIONS:
-        raise ValueError(
-            f"cannot tell the output format of {path} from its extension "
-            f"(known: {', '.join(sorted(_OUTPUT_EXTENSIONS))}); give it explicitly"
-        )
-    return _OUTPUT_EXTENSIONS[ext]
+    return _format(path, fmt, "output", OUTPUT_FORMATS, _OUTPUT_EXTENSIONS)
 
 
 def read_records(
