@@ -323,27 +323,23 @@ class Engine:
         miss_mod = np.zeros(m, dtype=bool)
         first_miss_slot = np.full(m, 3, dtype=np.int64)
         extra_cp = np.full(m, -1, dtype=np.int64)
+        showing = np.zeros(m, dtype=np.int64)  # the layer on screen after a missed modifier
         mm = np.flatnonzero((tap_slot < 3) & missed)
         if len(mm):
             c_mm, first_at = np.unique(tap_char[mm], return_index=True)
             miss_mod[c_mm] = True
             first_miss_slot[c_mm] = tap_slot[mm[first_at]]
             extra_cp[c_mm] = L.key_cp[hit_key[mm[first_at]]]
+            showing[c_mm] = a["layer"][tk[mm[first_at]]]  # the missed key's own layer
         main = tap_slot == 3
         main_char = tap_char[main]
         main_x, main_y = tx[main], ty[main]
         letters = L.layer_names.index("letters")
-        from_layer = {0: letters}
-        for g, name in ((1, "numbers"), (2, "symbols")):
-            if name in L.layer_names:
-                from_layer[g] = L.layer_names.index(name)
-        fallback_layer = np.array([from_layer.get(g, letters) for g in range(3)])
         decoded = hit_key[main]
         redo = np.flatnonzero(miss_mod[main_char])
         if len(redo):
             c = main_char[redo]
-            decoded[redo] = L.decode(fallback_layer[np.clip(prev_state[c], 0, 2)], main_x[redo],
-                                     main_y[redo])
+            decoded[redo] = L.decode(showing[c], main_x[redo], main_y[redo])
         dec = np.full(m, -1, dtype=np.int64)
         dec[main_char] = decoded
         touch_wrong = typeable & (dec != key)

@@ -283,3 +283,15 @@ def test_prepare_builds_the_lazy_tables():
     load_lexicon.cache_clear()
     Engine(LAYOUT, BASE.only(None)).prepare()  # no word channel: no lexicon needed
     assert load_lexicon.cache_info().currsize == 0
+
+
+def test_a_missed_shift_tap_types_the_key_it_hit_then_the_letter_unshifted():
+    # Taps shifted one key right: the shift tap lands on z, the tap for A on the s key, and
+    # the keyboard still shows lower case.
+    prof = forced(Channel.SUBSTITUTION, sigma_x_mm=0.0, sigma_y_mm=0.0,
+                  offset_x_mm=LAYOUT.pitch_mm, posture="index_finger")
+    (pair,) = simulate(["A"], prof, LAYOUT, 0, touches=True)
+    assert pair.noisy == "zs"
+    assert [(e.type, e.clean_start, e.clean_end, e.noisy_start, e.noisy_end)
+            for e in pair.edits] == [(Channel.SUBSTITUTION, 0, 1, 0, 2)]
+    assert [t.key for t in pair.touches] == ["z", "s"]
