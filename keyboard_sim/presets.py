@@ -28,8 +28,8 @@ RAW_TARGET_CER = 0.085
 COMMITTED_TARGET_CER = 0.023
 
 # Factors found by scripts/calibrate_presets.py (see module docstring).
-RAW_SIGMA_SCALE = 1.6975
-COMMITTED_SCALE = 0.6396
+RAW_SIGMA_SCALE = 1.6952
+COMMITTED_SCALE = 0.6402
 
 
 def raw_profile(sigma_scale: float = RAW_SIGMA_SCALE) -> TypistProfile:
