@@ -36,7 +36,9 @@ def _progress(flag: bool | None) -> bool:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from kbsim.simjob import SimulateJob, run_simulate
+    from kbsim.simjob import SimulateJob, keep_heap, run_simulate
+
+    keep_heap()
 
     job = SimulateJob(
         input=Path(args.input), output=Path(args.output), layout=args.layout,
@@ -80,6 +82,9 @@ def cmd_fidelity(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from kbsim.demo import run_demo
+    from kbsim.simjob import keep_heap
+
+    keep_heap()
 
     result = run_demo(Path(args.out), limit=args.limit, workers=args.workers, seed=args.seed,
                       layout=args.layout, progress=_progress(args.progress))

@@ -125,16 +125,23 @@ def _init_worker(layout: str, profile: dict, seed: int, touches: bool, fmt: str,
 
     _WORKER.update(layout=load_layout(layout), profile=TypistProfile.from_dict(profile),
                    seed=seed, touches=touches, fmt=fmt, m2=m2, stats=stats)
-    _keep_heap()
 
 
-def _keep_heap() -> None:
+def _init_pool_worker(*args: Any) -> None:
+    """`_init_worker` in a worker process of the pool."""
+    _init_worker(*args)
+    keep_heap()
+
+
+def keep_heap() -> None:
     """Asks glibc's malloc to keep freed memory instead of returning it to the system.
 
     The engine allocates and frees a few large numpy arrays per chunk; by default glibc maps
-    and unmaps them (or trims the heap) each time, and in a forked worker every first touch
-    of a page is then a page fault. Keeping the memory cut the workers' system time by about
-    half in benchmarks/bench_simulate.py. Only worker processes call this, and only on glibc.
+    and unmaps them (or trims the heap) each time, and every first touch of a page is then a
+    page fault. Keeping the memory made `kbsim simulate` about 1.4 times faster in one process
+    and halved the workers' system time (benchmarks/bench_simulate.py). It changes the whole
+    process, so only processes kbsim owns call it: the `kbsim` command and its workers, on
+    glibc only.
     """
     import ctypes
     import ctypes.util
@@ -264,7 +271,7 @@ def run_simulate(job: SimulateJob, progress: bool = False,
         Engine(_WORKER["layout"], _WORKER["profile"]).prepare()
         if job.workers > 1:
             # The pool before any thread starts here (tqdm's monitor): forking is then safe.
-            pool = _pool_context().Pool(job.workers, initializer=_init_worker,
+            pool = _pool_context().Pool(job.workers, initializer=_init_pool_worker,
                                         initargs=init_args)
         if progress:
             from tqdm import tqdm
