@@ -20,6 +20,9 @@ import numpy as np
 # Layer groups: a typist is in one group at a time; switching costs taps on switch keys.
 # Group 0 holds the letters layer, its shift layer and long presses on them.
 GROUP_OF_LAYER = {"letters": 0, "shift": 0, "numbers": 1, "symbols": 2}
+# Which digit presses a key, when a layout says (`hand` of a key): ten-finger typists press the
+# space bar with a thumb, neither hand's fingers.
+HANDS = ("left", "right", "thumb")
 
 
 @dataclass(frozen=True)
@@ -34,7 +37,7 @@ class Key:
     h: float
     text: str | None = None
     action: str | None = None
-    hand: int | None = None  # 0 left, 1 right; None: by position (see Layout.hands)
+    hand: int | None = None  # index in HANDS; None: by position (see Layout.hands)
 
     @property
     def cx(self) -> float:
@@ -106,11 +109,11 @@ class Layout:
             for i, k in enumerate(items):
                 try:
                     hand = k.get("hand")
-                    if hand not in (None, "left", "right"):
-                        raise ValueError(f"hand must be 'left' or 'right', got {hand!r}")
+                    if hand not in (None, *HANDS):
+                        raise ValueError(f"hand must be one of {', '.join(HANDS)}, got {hand!r}")
                     key = Key(k["label"], layer, float(k["x"]), float(k["y"]), float(k["w"]),
                               float(k["h"]), k.get("text"), k.get("action"),
-                              None if hand is None else int(hand == "right"))
+                              None if hand is None else HANDS.index(hand))
                 except (KeyError, TypeError, ValueError) as e:
                     raise ValueError(f"layout {source}: layer {layer} key {i}: {e}") from None
                 if key.w <= 0 or key.h <= 0:
@@ -145,7 +148,7 @@ class Layout:
 
     @cached_property
     def hands(self) -> np.ndarray:
-        """Hand (0 left, 1 right) that taps each key with two thumbs or ten fingers.
+        """Digit (0 left, 1 right, 2 thumb) that taps each key with two thumbs or ten fingers.
 
         A key's own `hand` field wins (physical layouts give the touch-typing split); otherwise
         keys left of the middle, or centred on it, go to the left thumb.

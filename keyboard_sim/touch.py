@@ -20,7 +20,8 @@ SQRT_2PIE = math.sqrt(2 * math.pi * math.e)
 
 
 def digits(posture: Posture, keys: np.ndarray, layout) -> np.ndarray:
-    """Which digit taps each key (global key indices): 0/1 for the left/right thumb or hand.
+    """Which digit taps each key (global key indices): 0/1 for the left/right thumb or hand,
+    2 for the thumbs of a ten-finger typist (the space bar).
 
     Two thumbs and ten-finger typing use the layout's hand of each key (`Layout.hands`); one
     thumb and the index finger are a single digit (0).
@@ -42,9 +43,10 @@ def previous_same_digit(digit: np.ndarray, first_of_record: np.ndarray) -> np.nd
     if n == 0:
         return prev
     idx = np.arange(n, dtype=np.int32)
-    if int(digit.max()) == 0:
+    n_digits = int(digit.max()) + 1
+    if n_digits == 1:
         prev[1:] = idx[:-1]
-    else:
+    elif n_digits == 2:
         # Two digits alternate in runs. The previous tap of my digit is the tap before me if it
         # is mine, else the one before the run of the other digit that precedes me.
         change = np.empty(n, dtype=bool)
@@ -56,8 +58,14 @@ def previous_same_digit(digit: np.ndarray, first_of_record: np.ndarray) -> np.nd
         before[1:] = run_start[:-1].astype(np.int64) - 1
         prev[1:] = idx[:-1]
         prev = np.where(change, before, prev)
-        if int(digit.max()) > 1:
-            raise ValueError("previous_same_digit supports at most two digits")
+    else:
+        for d in range(n_digits):
+            mine = digit == d
+            last = np.maximum.accumulate(np.where(mine, idx, np.int32(-1)))
+            shifted = np.empty(n, dtype=np.int64)
+            shifted[0] = -1
+            shifted[1:] = last[:-1]
+            prev = np.where(mine, shifted, prev)
     prev[prev < first_of_record] = -1
     return prev
 

@@ -195,7 +195,7 @@ def physical_layout():
         for label, w in (("ctrl", 1.25), ("meta", 1.25), ("alt", 1.25)):
             keys.append(key(label, x, y, w * p, p, action=label))
             x += w * p
-        keys.append(key("space", x, y, 6.25 * p, p, text=" "))
+        keys.append(key("space", x, y, 6.25 * p, p, text=" ", hand="thumb"))
         x += 6.25 * p
         for label, w in (("alt", 1.25), ("meta", 1.25), ("menu", 1.25), ("ctrl", 1.25)):
             keys.append(key(label, x, y, w * p, p, action=label + "_r"))

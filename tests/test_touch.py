@@ -73,3 +73,17 @@ def test_miss_probability_limits():
     # One axis only: two-sided normal tail beyond half the width.
     p = miss_probability(6.0, 1e9, 1.5, 1.0)
     assert math.isclose(p, math.erfc(2.0 / math.sqrt(2)), rel_tol=1e-12)
+
+
+def test_previous_same_digit_with_three_digits():
+    digit = np.array([0, 2, 1, 0, 2, 2, 1])
+    first = np.zeros(7, dtype=np.int64)
+    assert previous_same_digit(digit, first).tolist() == [-1, -1, -1, 0, 1, 4, 2]
+
+
+def test_ten_finger_typists_press_space_with_a_thumb():
+    from keyboard_sim.layout import load_layout
+
+    pc = load_layout("en-US-physical")
+    space = pc.find_key("letters", text=" ")
+    assert digits(Posture.PHYSICAL, np.array([space]), pc).tolist() == [2]
