@@ -72,13 +72,23 @@ from types import MappingProxyType
 import numpy as np
 
 from keyboard_sim import unicode_tables
-from keyboard_sim.align import WORD_RE, Alignment, Lexicon, align, resolve_lexicon
+from keyboard_sim.align import (
+    WORD_RE,
+    Alignment,
+    Lexicon,
+    align,
+    resolve_lexicon,
+    word_spans,
+)
 from keyboard_sim.channels import RATED, Channel
 from keyboard_sim.layout import Layout, load_layout
 from keyboard_sim.profile import POSTURES, Posture, TypistProfile, load_profile
 from keyboard_sim.touch import digits, tap_spread
 
 MIN_EVENTS = 20  # events per side needed to fit cross_hand_factor
+# The slips whose rates the profile's place weights scale (see TypistProfile.place_weights).
+PLACE_SLIPS = frozenset({Channel.OMISSION, Channel.DOUBLE_TAP, Channel.NEIGHBOR_INSERTION,
+                         Channel.TRANSPOSITION})
 MIN_TOUCH = 30  # touch misses needed to fit the spread's shape and the offset
 REACH = 3.5  # keys around the aimed key that a tap is integrated over
 _CLEAN_FIELDS = ("target", "clean", "intended")
@@ -696,6 +706,8 @@ class Calibration:
             f" sigma_y {p.sigma_y_mm:.2f} mm, offset ({p.offset_x_mm:+.2f}, "
             f"{p.offset_y_mm:+.2f}) mm",
             f"cross_hand_factor {p.cross_hand_factor:.2f}",
+            "place weights (first, middle, last letter of a word): "
+            + ", ".join(f"{w:.2f}" for w in p.place_weights),
         ]
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines) + "\n"
@@ -770,8 +782,14 @@ def calibrate_detailed(
     if not norm:
         raise ValueError("no pairs to calibrate on")
     counter = UnitCounter(lay, base.posture, lex)
-    counts = counter.count_all(align(c, n, lex) for c, n in norm)
+    aligned = [align(c, n, lex) for c, n in norm]
+    counts = counter.count_all(aligned)
     notes: list[str] = []
+    from keyboard_sim.fidelity import slip_places
+
+    real_places = slip_places(aligned, PLACE_SLIPS)
+    letter_places = _letter_places(c for c, _ in norm)
+    weights = _place_weights(real_places, letter_places, (1.0, 1.0, 1.0), notes)
 
     rates = _rates_from_counts(counts, base, notes)
     rates[Channel.TRANSPOSITION.value], cross = _transposition(counts, base, notes)
@@ -788,14 +806,14 @@ def calibrate_detailed(
     clean_texts = [c for c, _ in norm]
     rel_var = mean_relative_variance(clean_texts, lay, base)
 
-    def build(t: TouchFit, rates: dict, cross: float) -> TypistProfile:
+    def build(t: TouchFit, rates: dict, cross: float, weights=weights) -> TypistProfile:
         # Total spread -> absolute precision: take out the speed term in quadrature, keeping at
         # least a tenth of the total so that the profile stays a Gaussian.
         sx = math.sqrt(max(t.sigma_x**2 - rel_var, (0.1 * t.sigma_x) ** 2))
         sy = math.sqrt(max(t.sigma_y**2 - rel_var, (0.1 * t.sigma_y) ** 2))
         return dataclasses.replace(
             base, name=name, sigma_x_mm=sx, sigma_y_mm=sy, offset_x_mm=t.offset_x,
-            offset_y_mm=t.offset_y, cross_hand_factor=cross,
+            offset_y_mm=t.offset_y, cross_hand_factor=cross, place_weights=weights,
             rates=MappingProxyType(dict(rates)),
         )
 
@@ -813,9 +831,12 @@ def calibrate_detailed(
         sub, trans = Channel.SUBSTITUTION.value, Channel.TRANSPOSITION.value
         for _ in range(refine):
             sim = simulate(sim_texts, profile, lay, seed, ids=sim_ids)
-            sc = counter.count_all(
-                (align(p.clean, normalise(p.noisy, strip_trailing), lex) for p in sim),
-                units=False)
+            sim_aligned = [align(p.clean, normalise(p.noisy, strip_trailing), lex) for p in sim]
+            sc = counter.count_all(sim_aligned, units=False)
+            # Where slips fall in words: scale each place's weight by real / simulated share.
+            sim_places = slip_places(sim_aligned, PLACE_SLIPS)
+            weights = _place_weights(real_places, letter_places, weights, notes,
+                                     sim_places=sim_places)
             history.append({"edits": {k: v / reps for k, v in sc.edits.items()},
                             "miss_rate": sc.n_misses / max(counts.n_taps * reps, 1)})
             for ch in RATED:
@@ -846,8 +867,50 @@ def calibrate_detailed(
                 _solve(geom, params, 0, v_model * real_sub / sim_sub, 1e-3,
                        2.0 * max(geom.pitch, geom.row_h))
                 touch = dataclasses.replace(touch, sigma_x=params[0], sigma_y=params[0] * r)
-            profile = build(touch, rates, cross)
+            profile = build(touch, rates, cross, weights)
     return Calibration(profile, counts, touch, tuple(notes), tuple(history))
+
+
+def _letter_places(texts: Iterable[str]) -> list[int]:
+    """Letters that are first, middle and last in their word (a one-letter word: first), as
+    `fidelity.ErrorMix.places` places slips."""
+    out = [0, 0, 0]
+    for text in texts:
+        for s, e in word_spans(text):
+            n = e - s
+            out[0] += 1
+            if n >= 2:
+                out[2] += 1
+                out[1] += n - 2
+    return out
+
+
+def _place_weights(real: Sequence[int], letters: Sequence[int], current: Sequence[float],
+                   notes: list[str], sim_places: Sequence[int] | None = None) -> tuple:
+    """Place weights (first, middle, last) that put slips where the real ones fall.
+
+    Without `sim_places`: real share of slips at each place over the share of letters there.
+    With it: `current` scaled by real over simulated share. Either way normalised so that the
+    letters' mean weight is 1 (the fitted rates keep their meaning), and kept at `current`
+    where a place has fewer than MIN_EVENTS real slips.
+    """
+    real_n, sum_real = np.asarray(real, float), float(sum(real))
+    share_letters = np.asarray(letters, float) / max(sum(letters), 1)
+    if sum_real == 0 or (real_n < MIN_EVENTS).any() or (share_letters == 0).any():
+        if sim_places is None:
+            notes.append(f"place weights: too few slips by place ({list(real)}), kept at "
+                         f"{tuple(current)}")
+        return tuple(float(w) for w in current)
+    share_real = real_n / sum_real
+    if sim_places is None:
+        w = share_real / share_letters
+    else:
+        sim_n = np.asarray(sim_places, float)
+        if (sim_n == 0).any():
+            return tuple(float(w) for w in current)
+        w = np.asarray(current, float) * share_real / (sim_n / sim_n.sum())
+    w = w / float((w * share_letters).sum())
+    return tuple(round(float(x), 4) for x in w)
 
 
 def calibrate(

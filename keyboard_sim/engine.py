@@ -40,6 +40,8 @@ _SPACE = np.uint32(32)
 _HABITS = (Channel.DROP_APOSTROPHE, Channel.DROP_PUNCTUATION, Channel.DROP_CAPITAL,
            Channel.SIMPLIFY_ACCENT)
 _HABIT_CODES = np.array([CODE[c] for c in _HABITS], dtype=np.int64)
+# Slips whose rate follows the profile's place weights (and transpositions, handled apart).
+_BY_PLACE = frozenset({Channel.OMISSION, Channel.DOUBLE_TAP, Channel.NEIGHBOR_INSERTION})
 # Per-character slip channels, in priority order.
 _SLIPS = (Channel.SPACE_OMISSION, Channel.SPACE_SUBSTITUTION, Channel.SPACE_INSERTION,
           Channel.OMISSION, Channel.DOUBLE_TAP, Channel.NEIGHBOR_INSERTION)
@@ -65,15 +67,16 @@ def _shift_next(a: np.ndarray, last: np.ndarray, fill) -> np.ndarray:
     return out
 
 
-def _partition(u: np.ndarray, eligible: list[np.ndarray], rates: list[float]) -> np.ndarray:
+def _partition(u: np.ndarray, eligible: list[np.ndarray], rates: list) -> np.ndarray:
     """Index of the channel whose slice of [0, 1) holds u, among the eligible ones; -1 if none.
 
-    Each eligible channel fires with exactly its rate (while the eligible rates sum to <= 1).
+    Each eligible channel fires with exactly its rate (a number, or one per element), while
+    the eligible rates sum to <= 1.
     """
     choice = np.full(len(u), -1, dtype=np.int64)
     lo = np.zeros(len(u), dtype=np.float64)
     for c, (elig, rate) in enumerate(zip(eligible, rates, strict=True)):
-        if rate <= 0:
+        if np.all(np.asarray(rate) <= 0):
             continue
         hi = lo + elig * rate
         fire = elig & (u >= lo) & (u < hi) & (choice < 0)
@@ -123,6 +126,23 @@ class Engine:
         if self.rates[Channel.MISSPELLING] > 0 or self.rates[Channel.REAL_WORD] > 0:
             _ = self.lexicon
         return self
+
+    def _place_factor(self, cp, is_letter, first, last):
+        """Per character, the profile's weight for its place in its word (None if all 1)."""
+        w = self.profile.place_weights
+        if w == (1.0, 1.0, 1.0):
+            return None
+        is_apos = (cp == _APOS[0]) | (cp == _APOS[1]) | (cp == _APOS[2])
+        inner = is_apos & _shift_prev(is_letter, first, False) & _shift_next(is_letter, last,
+                                                                                False)
+        wordchar = is_letter | inner
+        starts = is_letter & ~_shift_prev(wordchar, first, False)
+        ends = is_letter & ~_shift_next(wordchar, last, False)
+        care = np.ones(len(cp))
+        care[is_letter] = w[1]
+        care[ends] = w[2]
+        care[starts] = w[0]  # a one-letter word counts as a first letter
+        return care
 
     @property
     def lexicon(self) -> Lexicon:
@@ -261,6 +281,8 @@ class Engine:
         typeable = cid >= 0
         safe_cid = np.where(typeable, cid, 0)
         is_space = cp == _SPACE
+        is_letter = lookup(tables()["is_letter"], cp, False)
+        care = self._place_factor(cp, is_letter, first, last)
 
         # Layer state: which group the keyboard is in before each character.
         group = np.where(typeable, plan.group[safe_cid], -2)
@@ -347,7 +369,6 @@ class Engine:
         # Slips on the intended text.
         u_slip, u_aux, u_trans = rng.uniforms3(kc, pos, STREAM_SLIP)
         free = typeable & ~prot
-        is_letter = lookup(tables()["is_letter"], cp, False)
         above = L.space_row["above"][key] & free & ~is_space
         nb_table, nb_count = L.neighbors
         eligible = [
@@ -358,7 +379,9 @@ class Engine:
             free & ~is_space,
             free & ~is_space & (nb_count[key] > 0),
         ]
-        slip = _partition(u_slip, eligible, [r[c] for c in _SLIPS])
+        slip_rates = [r[c] if c not in _BY_PLACE or care is None else r[c] * care
+                      for c in _SLIPS]
+        slip = _partition(u_slip, eligible, slip_rates)
 
         # Transpositions of adjacent letters (more likely across digits).
         rt = r[Channel.TRANSPOSITION]
@@ -371,6 +394,8 @@ class Engine:
             dig_char = digits(prof.posture, key, L)
             nxt_dig = _shift_next(dig_char, last, -1)
             rate = np.where(dig_char != nxt_dig, min(1.0, rt * prof.cross_hand_factor), rt)
+            if care is not None:
+                rate = np.minimum(rate * care, 1.0)
             trans = (free & is_letter & nxt_free & (nxt_cp != cp) & (nxt_src == src + 1)
                      & (u_trans < rate))
             # Overlapping pairs (a run of consecutive firings): greedily from the left, every

@@ -115,14 +115,10 @@ class ErrorMix:
                 # Motor slips by their own label, before any whole-word merging.
                 if label_op(op, a.clean, a.noisy) not in SLIPS:
                     continue
-                ws, we = spans[w]
-                n = we - ws
-                # An insertion follows the character typed before it.
-                i = op.clean_start - ws - (1 if op.kind == "I" else 0)
-                i = min(max(i, 0), n - 1)
+                i, n = _place_in_word(op, spans[w])
                 rel = i / (n - 1) if n > 1 else 0.0
                 self.positions[min(int(rel * POSITION_BINS), POSITION_BINS - 1)] += 1
-                self.places[0 if i == 0 else (2 if i == n - 1 else 1)] += 1
+                self.places[_place(i, n)] += 1
         for k in in_word:
             self.per_word[min(k, len(WORD_BUCKETS) - 1)] += 1
 
@@ -168,6 +164,36 @@ class ErrorMix:
             return 0.0
         # The 3+ bucket is counted as 3: a lower bound, fine for display.
         return sum(k * n for k, n in enumerate(self.per_word)) / total
+
+
+def _place_in_word(op, span: tuple[int, int]) -> tuple[int, int]:
+    """(index of the slipped letter in its word, word length); an insertion belongs to the
+    letter typed before it."""
+    ws, we = span
+    n = we - ws
+    i = op.clean_start - ws - (1 if op.kind == "I" else 0)
+    return min(max(i, 0), n - 1), n
+
+
+def _place(i: int, n: int) -> int:
+    """0 first, 1 middle, 2 last letter (a one-letter word's letter is first)."""
+    return 0 if i == 0 else (2 if i == n - 1 else 1)
+
+
+def slip_places(alignments: Iterable[Alignment], kinds: frozenset = SLIPS) -> list[int]:
+    """How many slips of `kinds` fall on the first, a middle and the last letter of words."""
+    out = [0, 0, 0]
+    for a in alignments:
+        if not a.ops:
+            continue
+        spans = word_spans(a.clean)
+        widx = word_index(a.clean, spans)
+        for op in a.ops:
+            w = op_word(op, a.clean, a.noisy, widx)
+            if w < 0 or label_op(op, a.clean, a.noisy) not in kinds:
+                continue
+            out[_place(*_place_in_word(op, spans[w]))] += 1
+    return out
 
 
 def _normalise(counts: Sequence[float]) -> np.ndarray:

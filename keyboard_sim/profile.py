@@ -62,6 +62,11 @@ class TypistProfile:
         fitts_a_s, fitts_b_s: Intercept (s) and slope (s/bit) of Fitts' law for this typist.
         cross_hand_factor: Multiplier on the transposition rate for letter pairs typed by
             different digits.
+        place_weights: How much slips happen at a letter that is (first, middle, last) in its
+            word: multiplies the motor-slip rates (omission, double tap, neighbour touch,
+            transposition starting there); the touch model is left alone. (1, 1, 1) is no
+            effect; `kbsim calibrate` fits them, as real typists slip less on a word's first
+            letter and more on its last.
         rates: Rate of each error channel (see channels.py for the unit of each).
     """
 
@@ -75,6 +80,7 @@ class TypistProfile:
     fitts_a_s: float = 0.05
     fitts_b_s: float = 0.06
     cross_hand_factor: float = 2.0
+    place_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)
     rates: RateTable = field(default_factory=lambda: RateTable(DEFAULT_RATES))
 
     def __post_init__(self) -> None:
@@ -92,6 +98,14 @@ class TypistProfile:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value)):
                 raise ValueError(f"profile field {name} must be a finite number, got {value!r}")
+        try:
+            weights = tuple(float(w) for w in self.place_weights)
+        except (TypeError, ValueError):
+            weights = ()
+        if len(weights) != 3 or not all(math.isfinite(w) and w >= 0 for w in weights):
+            raise ValueError("profile field place_weights must be three finite numbers >= 0 "
+                             f"(first, middle, last letter), got {self.place_weights!r}")
+        object.__setattr__(self, "place_weights", weights)
         if self.keystroke_ms > 0 and self.keystroke_ms / 1000.0 <= self.fitts_a_s:
             raise ValueError(
                 f"keystroke_ms ({self.keystroke_ms}) must exceed Fitts' intercept "
@@ -128,6 +142,7 @@ class TypistProfile:
         """A JSON-ready dict (rates by channel value)."""
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         d["posture"] = self.posture.value
+        d["place_weights"] = list(self.place_weights)
         d["rates"] = {c.value: float(r) for c, r in self.rates.items()}
         return d
 

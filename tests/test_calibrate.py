@@ -185,12 +185,20 @@ def test_calibrate_recovers_known_settings(chat_texts):
     for transpositions n is the same-digit count, the rate being the same-digit one). Touch
     spread within 5% in x and 10% in y, x offset within 0.15 mm, y offset within 0.35 mm
     (downward misses of the bottom row land on the space bar and are not seen as substitutions,
-    so y is the weaker axis), cross-hand factor within 30%. Over six simulation seeds on this
-    set-up the errors averaged a quarter of these bounds, the largest 0.87 of its bound.
+    so y is the weaker axis), cross-hand factor within 30%, place weights within 20%. Over six
+    simulation seeds on this set-up the errors averaged a quarter of these bounds, the largest
+    0.87 of its bound (before place weights were added).
     """
     base = POSTURES["two_thumbs"]
+    # Place weights with a letter-weighted mean of 1, as calibrate reports them.
+    from keyboard_sim.calibrate import _letter_places
+
+    letters = _letter_places(chat_texts)
+    raw_w = (0.6, 1.0, 1.6)
+    mean_w = sum(w * n for w, n in zip(raw_w, letters, strict=True)) / sum(letters)
     truth = dataclasses.replace(base.with_rates(**TRUE_RATES), sigma_x_mm=1.2, sigma_y_mm=1.4,
-                                offset_x_mm=0.6, offset_y_mm=0.5, cross_hand_factor=3.0)
+                                offset_x_mm=0.6, offset_y_mm=0.5, cross_hand_factor=3.0,
+                                place_weights=tuple(w / mean_w for w in raw_w))
     sim = simulate(chat_texts, truth, "en-US", seed=11)
     cal = calibrate_detailed([(p.clean, p.noisy) for p in sim], "en-US", base, refine=3,
                              seed=0)
@@ -210,6 +218,8 @@ def test_calibrate_recovers_known_settings(chat_texts):
     assert got.offset_x_mm == pytest.approx(truth.offset_x_mm, abs=0.15)
     assert got.offset_y_mm == pytest.approx(truth.offset_y_mm, abs=0.35)
     assert got.cross_hand_factor == pytest.approx(truth.cross_hand_factor, rel=0.3)
+    # Where slips fall in words: each place's weight within 20%.
+    assert got.place_weights == pytest.approx(truth.place_weights, rel=0.2)
     # Posture, speed and Fitts parameters come from the base profile.
     assert (got.posture, got.keystroke_ms, got.fitts_b_s) == (
         base.posture, base.keystroke_ms, base.fitts_b_s)

@@ -295,3 +295,37 @@ def test_a_missed_shift_tap_types_the_key_it_hit_then_the_letter_unshifted():
     assert [(e.type, e.clean_start, e.clean_end, e.noisy_start, e.noisy_end)
             for e in pair.edits] == [(Channel.SUBSTITUTION, 0, 1, 0, 2)]
     assert [t.key for t in pair.touches] == ["z", "s"]
+
+
+def test_place_weights_exact():
+    # No slips on first letters: every other character is omitted (punctuation too).
+    assert noisy(["hello world, I'm ok"], Channel.OMISSION, place_weights=(0.0, 1.0, 1.0)) == [
+        "h w I o"]
+    # Only last letters double.
+    assert noisy(["abc de"], Channel.DOUBLE_TAP, place_weights=(0.0, 0.0, 1.0)) == ["abcc dee"]
+
+
+def test_place_weights_scale_rates_by_place():
+    rate, w = 0.1, (0.5, 1.0, 2.0)
+    texts = corpus()
+    pairs = run(texts, forced(Channel.OMISSION, rate, place_weights=w))
+    import re
+
+    units = [0, 0, 0]
+    hits = [0, 0, 0]
+    word = re.compile(r"[^\W\d_]+(?:'[^\W\d_]+)*")
+    for p in pairs:
+        places = {}
+        for m in word.finditer(p.clean):
+            for i in range(m.start(), m.end()):
+                if p.clean[i].isalpha():
+                    places[i] = 0 if i == m.start() else (2 if i == m.end() - 1 else 1)
+        for i, k in places.items():
+            units[k] += 1
+        for e in p.edits:
+            if e.clean_start in places:
+                hits[places[e.clean_start]] += 1
+    for k in range(3):
+        q = rate * w[k]
+        sd = math.sqrt(units[k] * q * (1 - q))
+        assert abs(hits[k] - units[k] * q) < 4 * sd, (k, hits[k], units[k] * q)
