@@ -320,7 +320,7 @@ def test_place_weights_scale_rates_by_place():
             for i in range(m.start(), m.end()):
                 if p.clean[i].isalpha():
                     places[i] = 0 if i == m.start() else (2 if i == m.end() - 1 else 1)
-        for i, k in places.items():
+        for k in places.values():
             units[k] += 1
         for e in p.edits:
             if e.clean_start in places:
