@@ -3,8 +3,10 @@
 Every edit in a simulated pair carries one of these types. The touch model produces
 `SUBSTITUTION` from geometry (its rate follows from the typist's precision and the key size, not
 from a number in this table); every other channel has a rate, sampled on the units its comment
-names. A unit (a character, a word) takes at most one edit: when several channels fire on the
-same unit, the one listed first in `PRIORITY` wins, so edits never overlap (as M2 files require).
+names; a profile's place weights further scale the motor slips by where the letter sits in its
+word (see `TypistProfile.place_weights`). A unit (a character, a word) takes at most one edit:
+when several channels fire on the same unit, the one listed first in `PRIORITY` wins, so edits
+never overlap (as M2 files require).
 """
 
 from __future__ import annotations
