@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from kbsim import __version__
+from keyboard_sim.simulate import DEFAULT_CHUNK
 
 EXIT_USAGE = 2
 
@@ -129,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: the 0-based line number)")
     s.add_argument("--touches", action="store_true",
                    help="also record every keystroke's touch point (x, y in mm, key)")
-    s.add_argument("--chunk-size", type=int, default=2048, metavar="N",
+    s.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK, metavar="N",
                    help="records per batch; speed only, never output (default: %(default)s)")
     s.add_argument("--rejects", metavar="FILE",
                    help="write unreadable records here (JSONL: line, reason, raw) and go on; "

@@ -36,6 +36,7 @@ from keyboard_sim.io import (
     pairs_to_record_batch,
     read_chunks,
 )
+from keyboard_sim.simulate import DEFAULT_CHUNK
 from keyboard_sim.stats import PairStats
 
 
@@ -71,7 +72,7 @@ class SimulateJob:
     profile: str = "raw"
     seed: int = 0
     workers: int = 1
-    chunk_size: int = 2048
+    chunk_size: int = DEFAULT_CHUNK
     output_format: str | None = None
     input_format: str | None = None
     text_field: str = "text"
