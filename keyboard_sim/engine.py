@@ -327,15 +327,22 @@ class Engine:
             at = (tap_end - n_per)[with_mod[row]] + rank
             tk[at] = mods[row, col]
             tap_slot[at] = col
+        # Temporaries are dropped as soon as they are spent: the working memory of a batch,
+        # first touched page by page, is a large part of a fresh process's cost.
+        del group, anchor, anchor_val, idx, last_anchor, first_of, state_after, needs_switch
+        del target_group, sw1, sw2, n_mod, n_per, tap_end
         tap_rec = rec[tap_char]
         taps_per_rec = np.bincount(tap_rec, minlength=len(lens))
         tap_first = (np.cumsum(taps_per_rec) - taps_per_rec)[tap_rec]
+        del tap_rec, taps_per_rec
         cx, cy = a["cx"][tk], a["cy"][tk]
         dig = digits(prof.posture, tk, L)
         sx, sy, ox, oy = tap_spread(prof, cx, cy, dig, tap_first)
+        del dig, tap_first
         gx, gy, _ = rng.normals2(kc[tap_char], pos[tap_char] * 4 + tap_slot, STREAM_TOUCH)
         tx = cx + ox + sx * gx
         ty = cy + oy + sy * gy
+        del cx, cy, sx, sy, ox, oy, gx, gy
         hit_key = L.decode(a["layer"][tk], tx, ty)
         missed = hit_key != tk
         # A missed switch or shift tap leaves the keyboard on the layer it was on.
@@ -365,6 +372,9 @@ class Engine:
         dec = np.full(m, -1, dtype=np.int64)
         dec[main_char] = decoded
         touch_wrong = typeable & (dec != key)
+        del decoded, missed, mm
+        if not touches:
+            del tx, ty, hit_key, tk, tap_char, tap_slot
 
         # Slips on the intended text.
         u_slip, u_aux, u_trans = rng.uniforms3(kc, pos, STREAM_SLIP)
