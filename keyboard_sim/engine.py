@@ -377,7 +377,9 @@ class Engine:
             del tx, ty, hit_key, tk, tap_char, tap_slot
 
         # Slips on the intended text.
+        del prev_state, neutral, cid, safe_cid, main
         u_slip, u_aux, u_trans = rng.uniforms3(kc, pos, STREAM_SLIP)
+        del kc, pos
         free = typeable & ~prot
         above = L.space_row["above"][key] & free & ~is_space
         nb_table, nb_count = L.neighbors
@@ -392,6 +394,7 @@ class Engine:
         slip_rates = [r[c] if c not in _BY_PLACE or care is None else r[c] * care
                       for c in _SLIPS]
         slip = _partition(u_slip, eligible, slip_rates)
+        del u_slip, eligible, slip_rates
 
         # Transpositions of adjacent letters (more likely across digits).
         rt = r[Channel.TRANSPOSITION]
@@ -413,6 +416,7 @@ class Engine:
             run_start = trans & ~_shift_prev(trans, first, False)
             starts_idx = np.maximum.accumulate(np.where(run_start, np.arange(m), 0))
             trans &= (np.arange(m) - starts_idx) % 2 == 0
+            del nxt_cp, nxt_free, nxt_src, dig_char, nxt_dig, rate, run_start, starts_idx
             partner = _shift_prev(trans, first, False)
             slip[trans | partner] = -1
             touch_wrong &= ~(trans | partner)
