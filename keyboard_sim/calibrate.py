@@ -80,15 +80,12 @@ from keyboard_sim.align import (
     resolve_lexicon,
     word_spans,
 )
-from keyboard_sim.channels import RATED, Channel
+from keyboard_sim.channels import PLACE_WEIGHTED, RATED, Channel
 from keyboard_sim.layout import Layout, load_layout
 from keyboard_sim.profile import POSTURES, Posture, TypistProfile, load_profile
 from keyboard_sim.touch import digits, tap_spread
 
 MIN_EVENTS = 20  # events per side needed to fit cross_hand_factor
-# The slips whose rates the profile's place weights scale (see TypistProfile.place_weights).
-PLACE_SLIPS = frozenset({Channel.OMISSION, Channel.DOUBLE_TAP, Channel.NEIGHBOR_INSERTION,
-                         Channel.TRANSPOSITION})
 MIN_TOUCH = 30  # touch misses needed to fit the spread's shape and the offset
 REACH = 3.5  # keys around the aimed key that a tap is integrated over
 _CLEAN_FIELDS = ("target", "clean", "intended")
@@ -787,7 +784,7 @@ def calibrate_detailed(
     notes: list[str] = []
     from keyboard_sim.fidelity import slip_places
 
-    real_places = slip_places(aligned, PLACE_SLIPS)
+    real_places = slip_places(aligned, PLACE_WEIGHTED)
     letter_places = _letter_places(c for c, _ in norm)
     weights = _place_weights(real_places, letter_places, (1.0, 1.0, 1.0), notes)
 
@@ -834,7 +831,7 @@ def calibrate_detailed(
             sim_aligned = [align(p.clean, normalise(p.noisy, strip_trailing), lex) for p in sim]
             sc = counter.count_all(sim_aligned, units=False)
             # Where slips fall in words: scale each place's weight by real / simulated share.
-            sim_places = slip_places(sim_aligned, PLACE_SLIPS)
+            sim_places = slip_places(sim_aligned, PLACE_WEIGHTED)
             weights = _place_weights(real_places, letter_places, weights, notes,
                                      sim_places=sim_places)
             history.append({"edits": {k: v / reps for k, v in sc.edits.items()},

@@ -47,6 +47,11 @@ RATED: tuple[Channel, ...] = tuple(
     c for c in Channel if c not in (Channel.SUBSTITUTION, Channel.PASSTHROUGH)
 )
 
+# Motor slips whose rates a profile's place weights scale by where the letter sits in its word.
+PLACE_WEIGHTED: frozenset = frozenset(
+    {Channel.OMISSION, Channel.DOUBLE_TAP, Channel.NEIGHBOR_INSERTION, Channel.TRANSPOSITION}
+)
+
 # Which channel wins when several fire on the same unit (first wins). Whole-word channels first,
 # so a replaced word takes no further edits; then pairs, then single characters.
 PRIORITY: tuple[Channel, ...] = (

@@ -6,8 +6,10 @@ record's output is the same whatever batch it is in:
 A. Habits and cognition on the clean text: misspelled and confused words, dropped apostrophes,
    punctuation, capitals and accents. The result is what the typist means to type.
 B. Typing it: each character costs its taps (layer switches, shift, the key, long presses);
-   each tap lands according to the touch model and is decoded to the key under it; motor slips
-   (omissions, double taps, neighbour touches, transpositions, space-bar misses) come on top.
+   each tap lands according to the touch model and is decoded to the key under it (a missed
+   shift or layer-switch tap types whatever it hit, and the key is then read on the layer still
+   showing); motor slips (omissions, double taps, neighbour touches, transpositions, space-bar
+   misses) come on top, scaled by the profile's place weights.
 
 Each unit of text takes at most one edit, so edits never overlap. Every edit is recorded with
 its type and spans in both strings when it is made; nothing is recovered by diffing.
@@ -21,7 +23,7 @@ from functools import partial
 import numpy as np
 
 from keyboard_sim import rng
-from keyboard_sim.channels import Channel
+from keyboard_sim.channels import PLACE_WEIGHTED, Channel
 from keyboard_sim.layout import Layout
 from keyboard_sim.lexicon import Lexicon, load_lexicon, match_case
 from keyboard_sim.pair import Edit, Pair, Touch
@@ -40,8 +42,6 @@ _SPACE = np.uint32(32)
 _HABITS = (Channel.DROP_APOSTROPHE, Channel.DROP_PUNCTUATION, Channel.DROP_CAPITAL,
            Channel.SIMPLIFY_ACCENT)
 _HABIT_CODES = np.array([CODE[c] for c in _HABITS], dtype=np.int64)
-# Slips whose rate follows the profile's place weights (and transpositions, handled apart).
-_BY_PLACE = frozenset({Channel.OMISSION, Channel.DOUBLE_TAP, Channel.NEIGHBOR_INSERTION})
 # Per-character slip channels, in priority order.
 _SLIPS = (Channel.SPACE_OMISSION, Channel.SPACE_SUBSTITUTION, Channel.SPACE_INSERTION,
           Channel.OMISSION, Channel.DOUBLE_TAP, Channel.NEIGHBOR_INSERTION)
@@ -391,7 +391,7 @@ class Engine:
             free & ~is_space,
             free & ~is_space & (nb_count[key] > 0),
         ]
-        slip_rates = [r[c] if c not in _BY_PLACE or care is None else r[c] * care
+        slip_rates = [r[c] if c not in PLACE_WEIGHTED or care is None else r[c] * care
                       for c in _SLIPS]
         slip = _partition(u_slip, eligible, slip_rates)
         del u_slip, eligible, slip_rates
