@@ -181,8 +181,8 @@ class Engine:
     # ------------------------------------------------------------------- stage A: habits
     def _habits(self, cp, lens, starts, keys, joined):
         n_chars = len(cp)
-        rec = np.repeat(np.arange(len(lens)), lens)
-        pos = np.arange(n_chars) - starts[rec]
+        rec = np.repeat(np.arange(len(lens), dtype=np.int32), lens)
+        pos = (np.arange(n_chars) - starts[rec]).astype(np.int32)
         first = starts[:-1][lens > 0]
         last = starts[1:][lens > 0] - 1
         kc = keys[rec]
@@ -249,7 +249,7 @@ class Engine:
             "words": word_edits,
         }
 
-        t1_src = np.repeat(np.arange(n_chars), count)
+        t1_src = np.repeat(np.arange(n_chars, dtype=np.int32), count)
         t1_cp = new_cp[t1_src]
         t1_prot = edited[t1_src]
         if word_edits:
@@ -271,7 +271,7 @@ class Engine:
         cp, src, prot, rec = t1["cp"], t1["src"], t1["prot"], t1["rec"]
         m = len(cp)
         t_starts = np.concatenate(([0], np.cumsum(t1["lens"])))
-        pos = np.arange(m) - t_starts[rec]
+        pos = np.arange(m, dtype=np.int32) - t_starts[rec]
         nonempty = t1["lens"] > 0
         first = t_starts[:-1][nonempty]
         last = t_starts[1:][nonempty] - 1
@@ -288,7 +288,7 @@ class Engine:
         group = np.where(typeable, plan.group[safe_cid], -2)
         anchor = (typeable & (group >= 0)) | is_space
         anchor_val = np.where(is_space, 0, group)
-        idx = np.where(anchor, np.arange(m), -1)
+        idx = np.where(anchor, np.arange(m, dtype=np.int32), -1)
         last_anchor = np.maximum.accumulate(idx) if m else idx
         first_of = t_starts[rec]
         state_after = np.where(last_anchor >= first_of, anchor_val[np.maximum(last_anchor, 0)], 0)
@@ -299,8 +299,8 @@ class Engine:
                        plan.key[safe_cid])
         key = np.where(typeable & (key >= 0), key, np.where(typeable, plan.key[safe_cid], 0))
         needs_switch = typeable & ~neutral & (target_group != prev_state)
-        sw1 = np.full(m, -1, dtype=np.int64)
-        sw2 = np.full(m, -1, dtype=np.int64)
+        sw1 = np.full(m, -1, dtype=np.int32)
+        sw2 = np.full(m, -1, dtype=np.int32)
         ns = np.flatnonzero(needs_switch)
         if len(ns):
             switch = L.switch_keys[prev_state[ns], target_group[ns]]
@@ -314,9 +314,9 @@ class Engine:
         n_per = n_mod + typeable
         tap_end = np.cumsum(n_per)
         n_taps = int(tap_end[-1]) if m else 0
-        tap_char = np.repeat(np.arange(m), n_per)
-        tk = np.empty(n_taps, dtype=np.int64)
-        tap_slot = np.full(n_taps, 3, dtype=np.int64)
+        tap_char = np.repeat(np.arange(m, dtype=np.int32), n_per)
+        tk = np.empty(n_taps, dtype=np.int32)
+        tap_slot = np.full(n_taps, 3, dtype=np.int32)
         tk[tap_end[typeable] - 1] = key[typeable]
         with_mod = np.flatnonzero(n_mod)
         if len(with_mod):
@@ -350,9 +350,9 @@ class Engine:
         # key); the typist then skips the remaining modifier taps and taps the key on the
         # layer still showing.
         miss_mod = np.zeros(m, dtype=bool)
-        first_miss_slot = np.full(m, 3, dtype=np.int64)
-        extra_cp = np.full(m, -1, dtype=np.int64)
-        showing = np.zeros(m, dtype=np.int64)  # the layer on screen after a missed modifier
+        first_miss_slot = np.full(m, 3, dtype=np.int32)
+        extra_cp = np.full(m, -1, dtype=np.int32)
+        showing = np.zeros(m, dtype=np.int32)  # the layer on screen after a missed modifier
         mm = np.flatnonzero((tap_slot < 3) & missed)
         if len(mm):
             c_mm, first_at = np.unique(tap_char[mm], return_index=True)
@@ -369,7 +369,7 @@ class Engine:
         if len(redo):
             c = main_char[redo]
             decoded[redo] = L.decode(showing[c], main_x[redo], main_y[redo])
-        dec = np.full(m, -1, dtype=np.int64)
+        dec = np.full(m, -1, dtype=np.int32)
         dec[main_char] = decoded
         touch_wrong = typeable & (dec != key)
         del decoded, missed, mm
@@ -414,18 +414,18 @@ class Engine:
             # Overlapping pairs (a run of consecutive firings): greedily from the left, every
             # other one is kept, as a typist swapping (a, b) cannot also swap (b, c).
             run_start = trans & ~_shift_prev(trans, first, False)
-            starts_idx = np.maximum.accumulate(np.where(run_start, np.arange(m), 0))
-            trans &= (np.arange(m) - starts_idx) % 2 == 0
+            starts_idx = np.maximum.accumulate(np.where(run_start, np.arange(m, dtype=np.int32), 0))
+            trans &= (np.arange(m, dtype=np.int32) - starts_idx) % 2 == 0
             del nxt_cp, nxt_free, nxt_src, dig_char, nxt_dig, rate, run_start, starts_idx
             partner = _shift_prev(trans, first, False)
             slip[trans | partner] = -1
             touch_wrong &= ~(trans | partner)
 
         # Build the edits (position in T1, span length, up to two replacement code points).
-        rep1 = np.full(m, -1, dtype=np.int64)
-        rep2 = np.full(m, -1, dtype=np.int64)
-        etype = np.full(m, -1, dtype=np.int64)
-        span = np.ones(m, dtype=np.int64)
+        rep1 = np.full(m, -1, dtype=np.int32)
+        rep2 = np.full(m, -1, dtype=np.int32)
+        etype = np.full(m, -1, dtype=np.int32)
+        span = np.ones(m, dtype=np.int32)
         c64 = cp.astype(np.int64)
         sl = {c: slip == i for i, c in enumerate(_SLIPS)}
         etype[sl[Channel.SPACE_OMISSION]] = CODE[Channel.SPACE_OMISSION]

@@ -72,8 +72,8 @@ class CharPlan:
     def _dense(self) -> np.ndarray:
         """Char id for every code point up to the largest typeable one (-1 elsewhere)."""
         top = int(self.cps.max()) + 1 if len(self.cps) else 1
-        table = np.full(top, -1, dtype=np.int64)
-        table[self.cps.astype(np.int64)] = np.arange(len(self.cps))
+        table = np.full(top, -1, dtype=np.int32)
+        table[self.cps.astype(np.int64)] = np.arange(len(self.cps), dtype=np.int32)
         return table
 
     def lookup(self, cps: np.ndarray) -> np.ndarray:
@@ -137,8 +137,8 @@ class Layout:
             "y1": np.array([q.y + q.h for q in k]),
             "cx": np.array([q.cx for q in k]),
             "cy": np.array([q.cy for q in k]),
-            "layer": np.array([self.layer_names.index(q.layer) for q in k], dtype=np.int64),
-            "group": np.array([GROUP_OF_LAYER[q.layer] for q in k], dtype=np.int64),
+            "layer": np.array([self.layer_names.index(q.layer) for q in k], dtype=np.int32),
+            "group": np.array([GROUP_OF_LAYER[q.layer] for q in k], dtype=np.int32),
         }
 
     @cached_property
@@ -155,12 +155,12 @@ class Layout:
         """
         mid = self.width_mm / 2
         return np.array([q.hand if q.hand is not None else int(q.cx > mid + 1e-6)
-                         for q in self.keys], dtype=np.int64)
+                         for q in self.keys], dtype=np.int32)
 
     @cached_property
     def key_cp(self) -> np.ndarray:
         """Code point each key types (its text's first character), -1 for function keys."""
-        return np.array([ord(t[0]) if t else -1 for t in self.key_text], dtype=np.int64)
+        return np.array([ord(t[0]) if t else -1 for t in self.key_text], dtype=np.int32)
 
     @cached_property
     def pitch_mm(self) -> float:
@@ -197,7 +197,7 @@ class Layout:
         ye = np.unique(np.round(np.concatenate([a["y0"], a["y1"], [0.0, self.height_mm]]), 6))
         xc = (xe[:-1] + xe[1:]) / 2
         yc = (ye[:-1] + ye[1:]) / 2
-        owner = np.empty((len(self.layer_names), len(yc), len(xc)), dtype=np.int64)
+        owner = np.empty((len(self.layer_names), len(yc), len(xc)), dtype=np.int32)
         for li in range(len(self.layer_names)):
             idx = np.flatnonzero(a["layer"] == li)
             x0, x1, y0, y1 = (a[k][idx] for k in ("x0", "x1", "y0", "y1"))
@@ -238,7 +238,7 @@ class Layout:
             v = np.asarray(v, dtype=np.float64)
             k = np.clip(((v - origin) * inv).astype(np.int64), 0, len(first) - 1)
             idx.append(first[k] + (v >= edge_in[k]))
-        return owner[np.asarray(layer, dtype=np.int64), idx[1], idx[0]]
+        return owner[layer, idx[1], idx[0]]
 
     # ----------------------------------------------------------------------------- planning
     @cached_property
@@ -269,11 +269,11 @@ class Layout:
         groups = sorted({GROUP_OF_LAYER[n] for n in self.layer_names})
         chars = sorted(c for c in best if len(c) == 1)
         cps = np.array([ord(c) for c in chars], dtype=np.uint32)
-        key = np.array([best[c][1] for c in chars], dtype=np.int64)
+        key = np.array([best[c][1] for c in chars], dtype=np.int32)
         shift = np.array([best[c][2] for c in chars], dtype=bool)
         long_press = np.array([best[c][3] for c in chars], dtype=bool)
-        kig = np.full((len(chars), 3), -1, dtype=np.int64)
-        group = np.empty(len(chars), dtype=np.int64)
+        kig = np.full((len(chars), 3), -1, dtype=np.int32)
+        group = np.empty(len(chars), dtype=np.int32)
         for j, c in enumerate(chars):
             for g, ki in by_group.get(c, {}).items():
                 kig[j, g] = ki
@@ -284,7 +284,7 @@ class Layout:
     @cached_property
     def switch_keys(self) -> np.ndarray:
         """[from_group, to_group, step] -> key tapped to switch groups (-1 pads unused steps)."""
-        out = np.full((3, 3, 2), -1, dtype=np.int64)
+        out = np.full((3, 3, 2), -1, dtype=np.int32)
         main = {0: "letters", 1: "numbers", 2: "symbols"}
         for src, src_layer in main.items():
             if src_layer not in self.layer_names:
@@ -329,10 +329,10 @@ class Layout:
             near = same & (dx < gap) & (dy < gap)
             lists.append([j for j in np.flatnonzero(near) if self.keys[j].text])
         width = max(1, max(len(v) for v in lists))
-        table = np.full((n, width), -1, dtype=np.int64)
+        table = np.full((n, width), -1, dtype=np.int32)
         for i, v in enumerate(lists):
             table[i, : len(v)] = v
-        return table, np.array([len(v) for v in lists], dtype=np.int64)
+        return table, np.array([len(v) for v in lists], dtype=np.int32)
 
     @cached_property
     def space_row(self) -> dict:
