@@ -24,7 +24,7 @@ def dataset_path():
         ) from None
 
 
-def iter_messages(limit: int | None = None) -> Iterator[dict]:
+def iter_messages(limit: int | None = None, *, prompt: bool = False) -> Iterator[dict]:
     """Yields every message in corpus order as {"id", "sender", "text", "timestamp"}.
 
     A message's id is "<conversation id>/<n>", n its 0-based position in the conversation,
@@ -33,18 +33,25 @@ def iter_messages(limit: int | None = None) -> Iterator[dict]:
 
     Args:
         limit: Stop after this many messages (None: all of them).
+        prompt: Also give each message its conversation's "prompt" (the topic the two
+            participants were asked to chat about; "" for the 239 conversations without one),
+            usable as a label for label-skewed partitions.
     """
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be >= 0, got {limit}")
     data = json.loads(dataset_path().read_text(encoding="utf-8"))
     count = 0
     for conv_id, conv in data.items():
+        topic = conv.get("prompt") or ""
         n = 0
         for turn in conv["messages"]:
             for m in turn:
                 if limit is not None and count >= limit:
                     return
-                yield {"id": f"{conv_id}/{n}", "sender": m["sender"], "text": m["text"],
-                       "timestamp": m["timestamp"]}
+                d = {"id": f"{conv_id}/{n}", "sender": m["sender"], "text": m["text"],
+                     "timestamp": m["timestamp"]}
+                if prompt:
+                    d["prompt"] = topic
+                yield d
                 n += 1
                 count += 1

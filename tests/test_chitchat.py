@@ -44,3 +44,14 @@ def test_whole_corpus_counts():
         ids.add(m["id"])
     assert n == 258_145 == len(ids)
     assert len(senders) == 1_315
+
+
+def test_prompt_is_the_conversations_topic():
+    plain = list(iter_messages(limit=30))
+    with_prompt = list(iter_messages(limit=30, prompt=True))
+    assert [{k: v for k, v in m.items() if k != "prompt"} for m in with_prompt] == plain
+    assert "prompt" not in plain[0]
+    # The first conversation's prompt, shared by all of its messages.
+    first = [m for m in with_prompt if m["id"].split("/")[0] == plain[0]["id"].split("/")[0]]
+    assert {m["prompt"] for m in first} == {
+        "What's one thing your best friend doesn't know about you?"}
