@@ -12,7 +12,9 @@ so `decode(encode(text)) == text` for any text without U+2581 "▁", sentencepie
 marker, which decodes as a space.
 
 Training is deterministic: every text is read (no sampling, so no shuffle and no seed), on one
-thread, so the same texts and config give the same model bytes (tested). Ids 0-3 are PAD, BOS,
+thread, so the same texts and config give the same model bytes (tested). On all 258,112
+non-empty chit-chat messages, the default config (unigram, 2,000 pieces) trains in about 17 s
+and BPE in about 1 s on one CPU thread; 3,000 messages take 0.2 s. Ids 0-3 are PAD, BOS,
 EOS and UNK, the same as `data.vocab`'s PAD, BOS, EOS, OOV.
 
 A model is saved as `<prefix>.model` (sentencepiece's protobuf; loading it parses data and never

@@ -21,8 +21,9 @@ are tokens.
 `tokenize_spaced` records whether whitespace follows each token, and `detokenize` of that is
 exactly the text whenever the text's whitespace is single spaces with none at the start, e.g.
 any `" ".join(text.split())`. Without that record, `detokenize` guesses natural spacing; it is a
-best effort: it rebuilds 96.7% of the first 2,000 chit-chat messages (normalised) exactly and
-97.5% of the first 20,000; most misses are the writer's own spacing ("so,what", "ok...:)").
+best effort: it rebuilds 96.7% of the first 2,000 chit-chat messages (normalised) exactly, and
+97.7% of all 258,112 non-empty ones; most misses are the writer's own spacing ("so,what",
+"ok...:)"), the rest curly apostrophes ("don’t" is "don", "’", "t") and "*" or "-" spacing.
 """
 
 from __future__ import annotations
