@@ -48,21 +48,26 @@ class CorpusConfig:
 
 @dataclass(frozen=True)
 class CleanConfig:
-    """Normalisation and the clean-text filter (see data/clean.py).
+    """Normalisation and the clean-text filter (see data/clean.py for each rule).
 
     Attributes:
         filter: Drop messages the filter rejects (with the reason counted); False keeps all.
-        min_words, max_words: Length bounds in words.
+        min_words, max_words, max_chars: Length bounds.
         min_known: Share of a message's words that must be in the word list.
+        lowercase_i: Reject messages with a lower-case "i" as a word (the simulator makes it).
         wordlist_size: How many of the language's most frequent words (wordfreq) count as known.
+        misspellings: Remove codespell's misspellings from the known words (English only).
         lang: Language of the word list.
     """
 
     filter: bool = True
     min_words: int = 1
     max_words: int = 50
+    max_chars: int = 300
     min_known: float = 1.0
-    wordlist_size: int = 100_000
+    lowercase_i: bool = True
+    wordlist_size: int = 50_000
+    misspellings: bool = True
     lang: str = "en"
 
 
@@ -80,7 +85,7 @@ class ClientsConfig:
     partition: str = "natural"
     n_clients: int = 100
     alpha: float = 0.5
-    max_messages: int | None = 256
+    max_messages: int | None = 1000
 
     def __post_init__(self) -> None:
         if self.partition not in ("natural", "iid", "dirichlet"):
@@ -120,22 +125,22 @@ class SplitsConfig:
 
 @dataclass(frozen=True)
 class TypistsConfig:
-    """The typist population: each client draws its own profile around a preset.
+    """The typist population: each client draws its own profile (data/population.py).
 
     Attributes:
-        preset: "raw" (taps before keyboard correction) or "committed" (what users leave).
+        preset: "raw" (taps before keyboard correction) or "committed" (what users leave): the
+            population is spread around the preset with its mean error rate calibrated to the
+            preset's. "postures": the posture presets as they are, uncalibrated.
         layout: Keyboard layout name.
-        spread: Log-normal sd of each client's precision and rates around the preset (0: every
-            client types like the preset).
     """
 
     preset: str = "raw"
     layout: str = "en-US"
-    spread: float = 0.3
 
     def __post_init__(self) -> None:
-        if self.spread < 0:
-            raise ConfigError(f"typists.spread must be >= 0, got {self.spread}")
+        if self.preset not in ("raw", "committed", "postures"):
+            raise ConfigError(f"typists.preset must be raw, committed or postures, "
+                              f"got {self.preset!r}")
 
 
 @dataclass(frozen=True)
@@ -154,7 +159,7 @@ class TokenizersConfig:
 
     vocab_size: int = 10_000
     lowercase: bool = True
-    subword_vocab_size: int = 4000
+    subword_vocab_size: int = 2000
     subword_model: str = "unigram"
     subword_max_messages: int = 200_000
 

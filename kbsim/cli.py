@@ -4,6 +4,8 @@
     kbsim layouts                                          list the shipped keyboard layouts
     kbsim calibrate --pairs FILE --out PROFILE             fit a typist profile to real pairs
     kbsim fidelity --pairs FILE --profile PROFILE          simulated vs real error mix
+    kbsim data build CONFIG --out DIR                      an experiment's data, resumable
+    kbsim data summary DIR                                 the summary table of a built dataset
     kbsim demo [--out DIR]                                 the main job on the default corpus
 
 Bad input or settings end with exit status 2 and one line on stderr naming the problem (and,
@@ -78,6 +80,34 @@ def cmd_fidelity(args: argparse.Namespace) -> int:
     kwargs = {"layout": args.layout} if args.layout else {}
     report = fidelity_report(args.pairs, args.profile, seed=args.seed, limit=args.limit, **kwargs)
     print(report if isinstance(report, str) else report.to_text())
+    return 0
+
+
+def cmd_data_build(args: argparse.Namespace) -> int:
+    from data.build import build, format_summary
+    from data.config import DataConfig
+
+    config = DataConfig.load(args.config) if args.config else DataConfig()
+    if args.limit is not None:
+        import dataclasses
+
+        config = dataclasses.replace(
+            config, corpus=dataclasses.replace(config.corpus, limit=args.limit))
+    summary = build(config, Path(args.out), progress=_progress(args.progress))
+    print(format_summary(summary))
+    print(f"kbsim data build: wrote {args.out}/ (manifest.json, messages/, pairs/, vocab.json, "
+          "subword.model)", file=sys.stderr)
+    return 0
+
+
+def cmd_data_summary(args: argparse.Namespace) -> int:
+    from data.build import format_summary
+    from data.store import Manifest, StoreError
+
+    manifest = Manifest.load(args.dir)
+    if manifest is None or "summary" not in manifest.data:
+        raise StoreError(f"{args.dir}: no finished data build here (run kbsim data build)")
+    print(format_summary(manifest.data["summary"]))
     return 0
 
 
@@ -158,6 +188,27 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0, help="run seed (default: %(default)s)")
     s.add_argument("--limit", type=int, metavar="N", help="only the first N pairs")
     s.set_defaults(func=cmd_fidelity)
+
+    d = sub.add_parser("data", help="build an experiment's data: users, splits, tokenizers, "
+                       "pairs")
+    dsub = d.add_subparsers(dest="data_command", required=True, metavar="STEP")
+    s = dsub.add_parser("build", help="corpus -> filter -> clients -> splits -> tokenizers -> "
+                        "pairs, resumable",
+                        description="Builds a whole experiment's data from a YAML or JSON "
+                        "config (see configs/data.yaml): per-client messages and simulated "
+                        "pairs as Parquet shards, the word vocabulary, the subword model, a "
+                        "manifest and a summary. Run it again on the same folder to resume.")
+    s.add_argument("config", nargs="?", metavar="CONFIG",
+                   help="YAML/JSON config (default: every default, the Chit-Chat corpus)")
+    s.add_argument("--out", "-o", required=True, metavar="DIR", help="output folder")
+    s.add_argument("--limit", type=int, metavar="N",
+                   help="only the first N corpus records (overrides corpus.limit)")
+    s.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bar on stderr (default: only on a terminal)")
+    s.set_defaults(func=cmd_data_build)
+    s = dsub.add_parser("summary", help="print the summary table of a built dataset")
+    s.add_argument("dir", metavar="DIR")
+    s.set_defaults(func=cmd_data_summary)
 
     s = sub.add_parser("demo", help="run the simulator end to end on the default corpus",
                        description="Types the BYU Chit-Chat messages (PyPI chitchat-dataset) "
