@@ -29,7 +29,7 @@ $(VENV)/.stamp-test: $(INSTALL_DEPS) | $(BIN)/python
 	@touch $@
 
 $(VENV)/.stamp-demo: $(INSTALL_DEPS) | $(BIN)/python
-	$(PIP) install -e '.[parquet,corpus]'
+	$(PIP) install -e '.[parquet,corpus,data]'
 	@touch $@
 
 $(VENV)/.stamp-dev: $(INSTALL_DEPS) | $(BIN)/python

@@ -13,7 +13,8 @@ package does not need torch):
     Natural, IID, Dirichlet, PerUserCap, user_split, time_split   clients and splits
     client_profile, PopulationConfig, population_around           typists per client
     ClientData, ClientPool, group_clients      a client's data, built lazily
-    tokenize, tokenize_spaced, detokenize, WordVocab, SubwordTokenizer, train_subword
+    tokenize_spaced, detokenize (data.tokenize.tokenize: the module shares its name),
+    WordVocab, SubwordTokenizer, train_subword
 Submodules load their dependencies (wordfreq, nltk, sentencepiece, pyarrow) when first used.
 """
 
@@ -36,7 +37,7 @@ _EXPORTS = {
     "population_around": "data.population",
     "ClientData": "data.clients", "ClientPool": "data.clients",
     "group_clients": "data.clients",
-    "tokenize": "data.tokenize", "tokenize_spaced": "data.tokenize",
+    "tokenize_spaced": "data.tokenize",
     "detokenize": "data.tokenize",
     "WordVocab": "data.vocab",
     "SubwordTokenizer": "data.subword", "SubwordConfig": "data.subword",

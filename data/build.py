@@ -146,41 +146,91 @@ class _Discard:
 
 @dataclass
 class ClientPlan:
-    """What the scan pass learnt: per client, its message count and (with times) ranks."""
+    """What the scan pass learnt: the clients, their message counts and (with times) ranks.
 
-    counts: dict[str, int]
-    ranks: np.ndarray | None  # rank of record seq in its client's time order (kept records)
+    The per-record decisions (status and client) are kept on disk, one small file per block
+    of `shard_size` records (5 bytes a record), so the write pass need not decide again and
+    memory stays bounded.
+    """
+
+    clients: list[str]  # client index -> id
+    counts: list[int]  # kept messages per client (before the cap)
+    statuses: list[str]  # status index -> status
+    blocks: int  # blocks of shard_size records read
+    work: Path  # where the per-block decisions are
+    ranks: np.ndarray | None  # with times: rank of each kept record in its client's time order
     timed: bool
 
+    def decisions(self, block: int) -> tuple[np.ndarray, np.ndarray]:
+        """(client index or -1, status index) of each record of a block."""
+        with np.load(self.work / f"block-{block:05d}.npz") as z:
+            return z["client"], z["status"]
 
-def scan(config: DataConfig, decider: Decider, progress: bool = False) -> ClientPlan:
-    """Pass 1: counts per client, and time ranks when every kept message has a time."""
-    counts: dict[str, int] = Counter()
-    times: dict[str, list[tuple[float, int]]] = {}
+
+def scan(config: DataConfig, decider: Decider, work: Path, progress: bool = False) -> ClientPlan:
+    """Pass 1: every record's decision, counts per client, and time ranks when every kept
+    message has a time (20 bytes per kept message in memory, to sort each client's times)."""
+    from array import array
+
+    work.mkdir(parents=True, exist_ok=True)
+    index: dict[str, int] = {}
+    counts: list[int] = []
+    statuses: dict[str, int] = {KEPT: 0}
+    t_time, t_seq, t_client = array("d"), array("q"), array("i")
     timed = True
-    sink = _Discard()
-    for seq, m in enumerate(_progress(open_messages(config, sink), progress, "scan")):
+    block_client, block_status = array("i"), array("B")
+    blocks = 0
+
+    def flush() -> None:
+        nonlocal blocks, block_client, block_status
+        np.savez(work / f"block-{blocks:05d}.npz", client=np.frombuffer(block_client, np.int32),
+                 status=np.frombuffer(block_status, np.uint8))
+        blocks += 1
+        block_client, block_status = array("i"), array("B")
+
+    seq = -1
+    for seq, m in enumerate(_progress(open_messages(config, _Discard()), progress, "scan")):
         status, client, _ = decider.decide(m)
-        if status != KEPT:
-            continue
-        counts[client] += 1
-        if timed and m.time is None:
-            timed, times = False, {}
-        if timed:
-            times.setdefault(client, []).append((m.time, seq))
+        code = statuses.setdefault(status, len(statuses))
+        ci = -1
+        if status == KEPT:
+            ci = index.get(client)
+            if ci is None:
+                ci = index[client] = len(counts)
+                counts.append(0)
+            counts[ci] += 1
+            if timed and m.time is None:
+                timed = False
+                t_time, t_seq, t_client = array("d"), array("q"), array("i")
+            if timed:
+                t_time.append(m.time)
+                t_seq.append(seq)
+                t_client.append(ci)
+        block_client.append(ci)
+        block_status.append(code)
+        if len(block_status) == config.shard_size:
+            flush()
+    if block_status or blocks == 0:
+        flush()
     ranks = None
-    if timed and times:
-        n = 1 + max(seq for v in times.values() for _, seq in v)
-        ranks = np.full(n, -1, dtype=np.int32)
-        for v in times.values():
-            v.sort()
-            for r, (_, seq) in enumerate(v):
-                ranks[seq] = r
-    return ClientPlan(dict(counts), ranks, timed and bool(times))
+    timed = timed and len(t_seq) > 0
+    if timed:
+        c = np.frombuffer(t_client, np.int32)
+        order = np.lexsort((np.frombuffer(t_seq, np.int64), np.frombuffer(t_time, np.float64),
+                            c))
+        sorted_clients = c[order]
+        starts = np.searchsorted(sorted_clients, sorted_clients, side="left")
+        ranks = np.full(seq + 1, -1, dtype=np.int32)
+        ranks[np.frombuffer(t_seq, np.int64)[order]] = np.arange(len(order)) - starts
+    return ClientPlan(list(index), counts, list(statuses), blocks, work, ranks, timed)
 
 
 def build(config: DataConfig, out: str | Path, progress: bool = False) -> dict:
     """Builds (or resumes) the dataset of `config` in folder `out`; returns the summary."""
+    import shutil
+    from itertools import islice
+
+    from data.clean import normalize
     from data.population import PopulationConfig, population_around
     from keyboard_sim.io import Rejects
     from keyboard_sim.stats import PairStats
@@ -201,11 +251,10 @@ def build(config: DataConfig, out: str | Path, progress: bool = False) -> dict:
     t0 = time.perf_counter()
     preset = config.typists.preset
     population = PopulationConfig() if preset == "postures" else population_around(preset)
-    decider = Decider(config)
-    plan = scan(config, decider, progress)
-    splits = {c: user_split_of(config, c) for c in plan.counts}
+    plan = scan(config, Decider(config), out / ".scan", progress)
+    splits = [user_split_of(config, c) for c in plan.clients]
     cap = config.clients.max_messages
-    n_eff = {c: n if cap is None else min(n, cap) for c, n in plan.counts.items()}
+    n_eff = [n if cap is None else min(n, cap) for n in plan.counts]
 
     profiles: OrderedDict = OrderedDict()  # an LRU of client profiles (bounded memory)
 
@@ -220,37 +269,48 @@ def build(config: DataConfig, out: str | Path, progress: bool = False) -> dict:
             profiles.move_to_end(client)
         return p
 
-    running: Counter = Counter()  # rank in stream order, when the corpus has no times
-    block: list[tuple[int, Message, str, str, str, str]] = []
-    index = 0
+    split_of = dict(zip(plan.clients, splits, strict=True))
+    running = np.zeros(len(plan.clients), dtype=np.int64)  # ranks in stream order
+    late = config.splits.late_fraction
     rejects = Rejects(out / "rejects.jsonl")
     try:
-        for seq, m in enumerate(_progress(open_messages(config, rejects), progress, "write")):
-            status, client, text = decider.decide(m)
-            if status == KEPT:
-                rank = int(plan.ranks[seq]) if plan.timed else running[client]
-                running[client] += 1
+        records = enumerate(_progress(open_messages(config, rejects), progress, "write"))
+        for k in range(plan.blocks):
+            clients, codes = plan.decisions(k)
+            chunk = list(islice(records, len(codes)))
+            if len(chunk) != len(codes):
+                raise BuildError(f"the corpus changed while it was read: block {k} has "
+                                 f"{len(chunk)} records, the scan saw {len(codes)}")
+            done = manifest.valid_shard("messages", k) and (
+                not config.pairs.materialize or manifest.valid_shard("pairs", k))
+            block = []
+            for (seq, m), ci, code in zip(chunk, clients.tolist(), codes.tolist(), strict=True):
+                status = plan.statuses[code]
+                if status != KEPT:
+                    block.append((m, status, "", "", ""))
+                    continue
+                rank = int(plan.ranks[seq]) if plan.timed else int(running[ci])
+                running[ci] += 1
+                if done:
+                    continue
                 if cap is not None and rank >= cap:
-                    status = OVER_CAP
-                    period = ""
+                    block.append((m, OVER_CAP, "", "", ""))
                 else:
-                    period = period_of(rank, n_eff[client], config.splits.late_fraction)
-            else:
-                period = ""
-            block.append((seq, m, status, client, text, period))
-            if len(block) == config.shard_size:
-                _write_block(manifest, index, block, splits, profile_of, config)
-                block, index = [], index + 1
-        if block or index == 0:
-            _write_block(manifest, index, block, splits, profile_of, config)
-            index += 1
+                    block.append((m, KEPT, plan.clients[ci], normalize(m.text),
+                                  period_of(rank, n_eff[ci], late)))
+            if not done:
+                _write_block(manifest, k, block, split_of, profile_of, config)
+        if next(records, None) is not None:
+            raise BuildError("the corpus changed while it was read: more records than the scan "
+                             "saw")
     except BaseException:
         rejects.abort()
         raise
     rejects.close()
-    manifest.complete("messages", index)
+    shutil.rmtree(out / ".scan", ignore_errors=True)
+    manifest.complete("messages", plan.blocks)
     if config.pairs.materialize:
-        manifest.complete("pairs", index)
+        manifest.complete("pairs", plan.blocks)
     acc = Accounting()
     stats = {s: PairStats() for s in ("train", "val", "test")}
     for entry in manifest.shards("messages").values():
@@ -285,12 +345,9 @@ def _write_block(manifest: Manifest, index: int, block: list, splits: dict, prof
                  config: DataConfig) -> None:
     """Writes block `index`'s messages and pairs shards, unless both are already in place."""
     want_pairs = config.pairs.materialize
-    if manifest.valid_shard("messages", index) and (
-            not want_pairs or manifest.valid_shard("pairs", index)):
-        return
     acc = Accounting()
     rows: dict[str, list] = {f.name: [] for f in messages_schema()}
-    for _seq, m, status, client, text, period in block:
+    for m, status, client, text, period in block:
         acc.read += 1
         if status != KEPT:
             acc.filtered[status] += 1
@@ -337,15 +394,15 @@ def simulate_rows(rows: dict[str, list], profile_of, config: DataConfig):
             pairs[i] = p
     out: dict[str, list] = {"id": rows["id"], "client": rows["client"], "split": rows["split"],
                             "period": rows["period"], "clean": [], "noisy": [], "edits": []}
-    stats: dict[str, PairStats] = {}
+    by_split: dict[str, list] = {}
     for p, split in zip(pairs, rows["split"], strict=True):
         out["clean"].append(p.clean)
         out["noisy"].append(p.noisy)
         out["edits"].append([{"type": e.type.value, "clean_start": e.clean_start,
                               "clean_end": e.clean_end, "noisy_start": e.noisy_start,
                               "noisy_end": e.noisy_end} for e in p.edits])
-        stats[split] = stats.get(split, PairStats()) + PairStats.of([p])
-    return out, stats
+        by_split.setdefault(split, []).append(p)
+    return out, {split: PairStats.of(ps) for split, ps in by_split.items()}
 
 
 def export_pairs(config: DataConfig, out: Path) -> None:
@@ -412,6 +469,22 @@ def _texts(out: Path, split: str, period: str | None = None) -> Iterator[tuple[s
             yield r["id"], r["text"]
 
 
+def _rows(out: Path, columns: list[str]) -> Iterator[dict]:
+    from data.store import iter_rows
+
+    return iter_rows(out, "messages", columns=columns)
+
+
+def _sample(items: Iterator[tuple[str, str]], n: int, cap: int | None, seed: int,
+            purpose: str) -> Iterator[str]:
+    """The texts of (id, text) items, or a seeded sample of about `cap` of the `n` when there
+    are more: each kept with probability cap / n, decided by (seed, purpose, id)."""
+    share = 1.0 if cap is None or n <= cap else cap / n
+    for rid, text in items:
+        if share >= 1.0 or unit_float(seed, purpose, rid) < share:
+            yield text
+
+
 def train_tokenizers(config: DataConfig, out: Path, manifest: Manifest, progress: bool) -> dict:
     """The word vocabulary and the subword model, from training users' early messages only.
 
@@ -427,25 +500,30 @@ def train_tokenizers(config: DataConfig, out: Path, manifest: Manifest, progress
     if done and all((out / e["path"]).exists() and sha256_file(out / e["path"]) == e["sha256"]
                     for e in done["files"]):
         return done
-    vocab = WordVocab.build((tokenize(text) for _, text in _texts(out, "train", "early")),
-                            size=t.vocab_size, lowercase=t.lowercase)
+    counts = Counter(r["split"] + "/" + r["period"] for r in _rows(out, ["split", "period"]))
+    n_train = counts["train/early"]
+    vocab_texts = _sample(_texts(out, "train", "early"), n_train, t.vocab_max_messages,
+                          config.seed, "vocab")
+    vocab = WordVocab.build((tokenize(text) for text in vocab_texts), size=t.vocab_size,
+                            lowercase=t.lowercase)
     vocab.save(out / "vocab.json")
     files = [out / "vocab.json"]
     if t.subword_vocab_size:
-        n_train = sum(1 for _ in _texts(out, "train", "early"))
-        share = min(1.0, t.subword_max_messages / max(1, n_train))
-        sample = (text for rid, text in _texts(out, "train", "early")
-                  if share >= 1.0 or unit_float(config.seed, "subword", rid) < share)
+        sample = _sample(_texts(out, "train", "early"), n_train, t.subword_max_messages,
+                         config.seed, "subword")
         sp = SubwordConfig(vocab_size=t.subword_vocab_size, model_type=t.subword_model)
-        train_subword(sample, out / "subword", sp)
+        try:
+            train_subword(sample, out / "subword", sp)
+        except ValueError as e:
+            raise BuildError(f"{e} (set tokenizers.subword_vocab_size lower for a corpus this "
+                             f"small, or 0 for no subword model)") from None
         files += [out / "subword.model", out / "subword.json"]
     coverage = {}
     for split in ("train", "val", "test"):
-        hit = total = 0
-        for _, text in _texts(out, split):
-            h, n = vocab.coverage([tokenize(text)])
-            hit, total = hit + h, total + n
-        coverage[split] = {"in_vocab": hit, "tokens": total}
+        n = counts[split + "/early"] + counts[split + "/late"]
+        texts = _sample(_texts(out, split), n, t.coverage_max_messages, config.seed, "coverage")
+        cov = vocab.coverage(tokenize(text) for text in texts)
+        coverage[split] = {"in_vocab": cov[0], "tokens": cov[1]}
     done = {"files": [{"path": f.name, "sha256": sha256_file(f)} for f in files],
             "vocab_words": len(vocab), "coverage": coverage}
     manifest.data["tokenizers"] = done
@@ -453,13 +531,12 @@ def train_tokenizers(config: DataConfig, out: Path, manifest: Manifest, progress
     return done
 
 
-def make_summary(config: DataConfig, plan: ClientPlan, n_eff: dict[str, int],
-                 splits: dict[str, str], acc: Accounting, stats: dict, tok: dict,
-                 seconds: float) -> dict:
+def make_summary(config: DataConfig, plan: ClientPlan, n_eff: list[int], splits: list[str],
+                 acc: Accounting, stats: dict, tok: dict, seconds: float) -> dict:
     """The build's summary: accounting of every record, clients, vocabulary and error rates."""
     per_split: dict[str, list[int]] = {"train": [], "val": [], "test": []}
-    for c, n in n_eff.items():
-        per_split[splits[c]].append(n)
+    for n, split in zip(n_eff, splits, strict=True):
+        per_split[split].append(n)
     clients = {}
     for split, ns in per_split.items():
         q = np.quantile(ns, [0, 0.25, 0.5, 0.75, 1.0]).tolist() if ns else [0] * 5

@@ -155,6 +155,11 @@ class TokenizersConfig:
         subword_model: "unigram" or "bpe".
         subword_max_messages: Train sentencepiece on at most this many messages (a seeded
             sample), so memory stays bounded on large corpora.
+        vocab_max_messages: Count words in at most this many training messages (a seeded
+            sample; None: all), so time stays bounded on large corpora (the default corpus
+            has fewer, so its vocabulary counts every training message).
+        coverage_max_messages: Measure vocabulary coverage on at most this many messages per
+            split (a seeded sample).
     """
 
     vocab_size: int = 10_000
@@ -162,6 +167,8 @@ class TokenizersConfig:
     subword_vocab_size: int = 2000
     subword_model: str = "unigram"
     subword_max_messages: int = 200_000
+    vocab_max_messages: int | None = 1_000_000
+    coverage_max_messages: int = 100_000
 
     def __post_init__(self) -> None:
         if self.vocab_size < 1:
@@ -286,7 +293,8 @@ def _section(name: str, cls: type, value: Any) -> Any:
         kind = kinds.get(type(default))
         if v is not None and kind is not None:
             v = _check_type(f"{name}.{key}", v, kind)
-        elif v is not None and default is None and key in ("limit", "max_messages"):
+        elif v is not None and default is None and key in ("limit", "max_messages",
+                                                            "vocab_max_messages"):
             v = _check_type(f"{name}.{key}", v, int)
         elif v is not None and default is None:
             v = _check_type(f"{name}.{key}", v, str)

@@ -1,9 +1,13 @@
-"""`kbsim demo`: the simulator end to end on the default corpus.
+"""`kbsim demo`: the stages built so far, end to end on the default corpus.
 
-Until the later stages (data, models, federated, eval) exist, this is the main job: the BYU
-Chit-Chat messages are written as JSONL, then typed by the `raw` preset (what lands on the keys)
-and the `committed` preset (what users leave after correcting), each into a pairs file and an
-M2 edit file, with headline statistics.
+Until the later stages (models, federated, eval) exist, this is the main job:
+
+1. the simulator: the BYU Chit-Chat messages are written as JSONL, then typed by the `raw`
+   preset (what lands on the keys) and the `committed` preset (what users leave after
+   correcting), each into a pairs file and an M2 edit file, with headline statistics;
+2. the data stage: `kbsim data build configs/data.yaml` (the defaults): clean messages, one
+   client per sender with a typist of its own, user and time splits, per-client pairs, the
+   word vocabulary and the subword model, with its summary table.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ class DemoResult:
     messages: Path
     senders: int
     runs: dict[str, tuple[SimulateJob, RunSummary]]
+    data_dir: Path | None = None
+    data_summary: dict | None = None
 
     def report(self) -> str:
         """Where everything went and the headline numbers, as lines for a terminal."""
@@ -41,6 +47,11 @@ class DemoResult:
                 f"{sum(s.edits.values()):,} edits in {summary.seconds:.1f} s",
                 f"            top edit types: {top or 'none'}",
             ]
+        if self.data_summary is not None:
+            from data.build import format_summary
+
+            lines += ["", f"kbsim data build: {self.data_dir}/ (kbsim data summary "
+                      f"{self.data_dir})", format_summary(self.data_summary)]
         return "\n".join(lines)
 
 
@@ -63,4 +74,15 @@ def run_demo(out: Path, limit: int | None = None, workers: int = 2, seed: int = 
                           profile=preset, seed=seed, workers=workers, id_field="id",
                           m2=out / f"{preset}.m2", stats=True)
         runs[preset] = (job, run_simulate(job, progress=progress))
-    return DemoResult(out, messages, len(senders), runs)
+    from data.build import build
+    from data.config import DataConfig
+
+    config = DataConfig()
+    if limit is not None:
+        import dataclasses
+
+        config = dataclasses.replace(config, corpus=dataclasses.replace(config.corpus,
+                                                                        limit=limit))
+    data_dir = out / "data"
+    summary = build(config, data_dir, progress=progress)
+    return DemoResult(out, messages, len(senders), runs, data_dir, summary)

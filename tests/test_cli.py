@@ -233,16 +233,22 @@ def test_spawned_workers_give_the_same_bytes(tmp_path):
 def test_demo_end_to_end_on_a_slice_of_the_corpus(tmp_path, capsys):
     pytest.importorskip("chitchat_dataset")
     out = tmp_path / "demo"
-    assert _run("demo", "--out", out, "--limit", "300", "--workers", "1") == 0
+    assert _run("demo", "--out", out, "--limit", "3000", "--workers", "1") == 0
     report = capsys.readouterr().out
     assert str(out) in report and "character error rate" in report
     messages = _jsonl(out / "messages.jsonl")
-    assert len(messages) == 300 and set(messages[0]) == {"id", "sender", "text"}
+    assert len(messages) == 3000 and set(messages[0]) == {"id", "sender", "text"}
     for preset in ("raw", "committed"):
         pairs = _jsonl(out / f"{preset}.pairs.jsonl")
         assert [p["id"] for p in pairs] == [m["id"] for m in messages]
         assert [p["clean"] for p in pairs] == [m["text"] for m in messages]
-        assert (out / f"{preset}.m2").read_text(encoding="utf-8").count("\nA ") >= 300
+        assert (out / f"{preset}.m2").read_text(encoding="utf-8").count("\nA ") >= 3000
+    # The data stage: its summary accounts for all 3,000 messages, and its files are in place.
+    from data.built import BuiltDataset
+
+    ds = BuiltDataset(out / "data")
+    assert ds.summary["records"] == 3000 and ds.summary["accounted"]
+    assert "vocab cov" in report and len(ds.vocab()) > 1000
 
 
 @pytest.mark.parametrize("ext", ["txt", "jsonl"])

@@ -45,3 +45,10 @@ def test_yaml_and_json_files(tmp_path):
         DataConfig.load(tmp_path / "bad.yaml")
     with pytest.raises(ConfigError, match="cannot read"):
         DataConfig.load(tmp_path / "missing.yaml")
+
+
+def test_shipped_config_states_the_defaults():
+    from pathlib import Path
+
+    shipped = Path(__file__).resolve().parent.parent / "configs" / "data.yaml"
+    assert DataConfig.load(shipped) == DataConfig()
