@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Iterator
@@ -35,12 +36,14 @@ from pathlib import Path
 import numpy as np
 
 from data.config import DataConfig
+from data.partition import PartitionError
 from data.record import Message, derive_seed, unit_float
 from data.store import Manifest, StoreError, messages_schema, pairs_schema, write_shard
 
 BUILD_VERSION = 1
 KEPT = "kept"
 OVER_CAP = "over_user_cap"
+NO_CLIENT = "no_client"  # the partition cannot place the record (no user, no label)
 
 
 class BuildError(ValueError):
@@ -82,7 +85,11 @@ class Decider:
             reason = self.filter.check(text)
             if reason is not None:
                 return reason, "", text
-        return KEPT, self.partitioner.client_of(m), text
+        try:
+            client = self.partitioner.client_of(m)
+        except PartitionError:  # e.g. natural clients and a record without a user
+            return NO_CLIENT, "", text
+        return KEPT, client, text
 
 
 # --------------------------------------------------------------------------- accounting
@@ -168,61 +175,81 @@ class ClientPlan:
 
 
 def scan(config: DataConfig, decider: Decider, work: Path, progress: bool = False) -> ClientPlan:
-    """Pass 1: every record's decision, counts per client, and time ranks when every kept
-    message has a time (20 bytes per kept message in memory, to sort each client's times)."""
+    """Pass 1: every record's decision and counts per client, and, when the corpus has times,
+    each kept message's rank in its client's time order.
+
+    A message without a time ranks right after the client's message before it, as
+    `data.partition.time_order` orders them. The time keys go to the block files on disk;
+    only when some message has a time are they read back to rank each client's messages
+    (then 20 bytes per kept message in memory), so a corpus without times costs no memory
+    per record.
+    """
     from array import array
 
     work.mkdir(parents=True, exist_ok=True)
     index: dict[str, int] = {}
     counts: list[int] = []
+    last: list[float] = []  # per client: the time key of its latest kept message so far
     statuses: dict[str, int] = {KEPT: 0}
-    t_time, t_seq, t_client = array("d"), array("q"), array("i")
-    timed = True
-    block_client, block_status = array("i"), array("B")
+    timed = False
+    block_client, block_status, block_time = array("i"), array("B"), array("d")
     blocks = 0
 
     def flush() -> None:
-        nonlocal blocks, block_client, block_status
+        nonlocal blocks, block_client, block_status, block_time
         np.savez(work / f"block-{blocks:05d}.npz", client=np.frombuffer(block_client, np.int32),
-                 status=np.frombuffer(block_status, np.uint8))
+                 status=np.frombuffer(block_status, np.uint8),
+                 time=np.frombuffer(block_time, np.float64))
         blocks += 1
-        block_client, block_status = array("i"), array("B")
+        block_client, block_status, block_time = array("i"), array("B"), array("d")
 
-    seq = -1
-    for seq, m in enumerate(_progress(open_messages(config, _Discard()), progress, "scan")):
+    n = 0
+    for m in _progress(open_messages(config, _Discard()), progress, "scan"):
+        n += 1
         status, client, _ = decider.decide(m)
         code = statuses.setdefault(status, len(statuses))
-        ci = -1
+        ci, key = -1, math.nan
         if status == KEPT:
             ci = index.get(client)
             if ci is None:
                 ci = index[client] = len(counts)
                 counts.append(0)
+                last.append(-math.inf)
             counts[ci] += 1
-            if timed and m.time is None:
-                timed = False
-                t_time, t_seq, t_client = array("d"), array("q"), array("i")
-            if timed:
-                t_time.append(m.time)
-                t_seq.append(seq)
-                t_client.append(ci)
+            if m.time is not None:
+                timed = True
+                last[ci] = m.time
+            key = last[ci]
         block_client.append(ci)
         block_status.append(code)
+        block_time.append(key)
         if len(block_status) == config.shard_size:
             flush()
     if block_status or blocks == 0:
         flush()
-    ranks = None
-    timed = timed and len(t_seq) > 0
+    plan = ClientPlan(list(index), counts, list(statuses), blocks, work, None, timed)
     if timed:
-        c = np.frombuffer(t_client, np.int32)
-        order = np.lexsort((np.frombuffer(t_seq, np.int64), np.frombuffer(t_time, np.float64),
-                            c))
-        sorted_clients = c[order]
-        starts = np.searchsorted(sorted_clients, sorted_clients, side="left")
-        ranks = np.full(seq + 1, -1, dtype=np.int32)
-        ranks[np.frombuffer(t_seq, np.int64)[order]] = np.arange(len(order)) - starts
-    return ClientPlan(list(index), counts, list(statuses), blocks, work, ranks, timed)
+        plan.ranks = _time_ranks(plan, n, config.shard_size)
+    return plan
+
+
+def _time_ranks(plan: ClientPlan, n: int, shard_size: int) -> np.ndarray:
+    """Rank of each kept record in its client's order by (time key, position); -1 elsewhere."""
+    clients, keys, seqs = [], [], []
+    for k in range(plan.blocks):
+        with np.load(plan.work / f"block-{k:05d}.npz") as z:
+            c = z["client"]
+            kept = np.flatnonzero(c >= 0)
+            clients.append(c[kept])
+            keys.append(z["time"][kept])
+            seqs.append(kept.astype(np.int64) + k * shard_size)
+    c, t, q = np.concatenate(clients), np.concatenate(keys), np.concatenate(seqs)
+    order = np.lexsort((q, t, c))
+    sorted_clients = c[order]
+    starts = np.searchsorted(sorted_clients, sorted_clients, side="left")
+    ranks = np.full(n, -1, dtype=np.int32)
+    ranks[q[order]] = np.arange(len(order)) - starts
+    return ranks
 
 
 def build(config: DataConfig, out: str | Path, progress: bool = False) -> dict:
@@ -453,7 +480,9 @@ def rejects_reasons(path: Path) -> Counter:
     with open(path, encoding="utf-8") as f:
         for line in f:
             r = json.loads(line)
-            counts[str(r.get("reason", "")).split(":")[0]] += 1
+            # The kind of problem, without the record's details ("(byte 0xff at ...)").
+            reason = str(r.get("reason", "")).split(":")[0]
+            counts[reason.split(" (")[0].strip()] += 1
     return counts
 
 
@@ -567,7 +596,8 @@ def format_summary(summary: dict) -> str:
              f"{'split':<6} {'clients':>8} {'messages':>9} {'min':>5} {'q25':>6} "
              f"{'median':>7} {'q75':>6} {'max':>6} {'vocab cov':>9} {'CER':>6} "
              f"{'changed':>8}"]
-    for split, c in s["clients"].items():
+    for split in ("train", "val", "test"):  # a saved summary's keys are sorted
+        c = s["clients"][split]
         q = c["per_client"]
         p = s["pairs"].get(split, {"cer": 0.0, "changed": 0.0})
         lines.append(f"{split:<6} {c['clients']:>8,} {c['messages']:>9,} {q['min']:>5.0f} "
@@ -579,7 +609,8 @@ def format_summary(summary: dict) -> str:
 
 
 def _reasons(counts: dict) -> str:
-    return ", ".join(f"{k} {v:,}" for k, v in counts.items()) or "none"
+    ordered = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    return ", ".join(f"{k} {v:,}" for k, v in ordered) or "none"
 
 
 def _progress(it, enabled: bool, desc: str):

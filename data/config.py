@@ -235,8 +235,9 @@ class DataConfig:
         config = cls(**kwargs)
         src = config.corpus.source
         if base_dir is not None and src != "chitchat" and not Path(src).is_absolute():
+            source = str((base_dir / src).resolve())
             config = dataclasses.replace(
-                config, corpus=dataclasses.replace(config.corpus, source=str(base_dir / src)))
+                config, corpus=dataclasses.replace(config.corpus, source=source))
         return config
 
     @classmethod
