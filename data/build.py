@@ -278,7 +278,13 @@ def build(config: DataConfig, out: str | Path, progress: bool = False) -> dict:
     t0 = time.perf_counter()
     preset = config.typists.preset
     population = PopulationConfig() if preset == "postures" else population_around(preset)
-    plan = scan(config, Decider(config), out / ".scan", progress)
+    decider = Decider(config)
+    # What a reader needs to rebuild any client's data without this code's defaults: the
+    # partition, the typist population each client's profile is drawn from, and the layout.
+    manifest.data["partitioner"] = decider.partitioner.to_dict()
+    manifest.data["population"] = population.to_dict()
+    manifest.data["layout"] = config.typists.layout
+    plan = scan(config, decider, out / ".scan", progress)
     splits = [user_split_of(config, c) for c in plan.clients]
     cap = config.clients.max_messages
     n_eff = [n if cap is None else min(n, cap) for n in plan.counts]

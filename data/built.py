@@ -117,6 +117,20 @@ class BuiltDataset:
         return ClientPool(self.client_messages(split, period), self.config.seed,
                           self.population(), self.config.typists.layout)
 
+    def next_word_datasets(self, split: str | None = "train", period: str | None = "early",
+                           seq_len: int = 20) -> dict:
+        """Client id -> torch `NextWordDataset` of its messages (needs the torch extra)."""
+        from data.torch_data import next_word_datasets
+
+        return next_word_datasets(self.client_texts(split, period), self.vocab(), seq_len)
+
+    def pair_datasets(self, split: str | None = "train", period: str | None = "early",
+                      max_len: int = 128) -> dict:
+        """Client id -> torch `PairDataset` of its materialised (noisy, clean) pairs."""
+        from data.torch_data import pair_datasets
+
+        return pair_datasets(self.client_pairs(split, period), self.subword(), max_len)
+
     def vocab(self):
         """The word vocabulary (trained on training users' early messages)."""
         from data.vocab import WordVocab

@@ -599,3 +599,26 @@ def test_summary_counts_clients_per_split(filebuild):
         assert s["pairs"][split]["pairs"] == n
     assert s["timed"] is True
     assert sum(v["messages"] for v in s["clients"].values()) == s["kept"]
+
+
+def test_records_a_partition_cannot_place_are_filtered_with_a_reason(tmp_path):
+    # Natural clients need a user: a record without one is counted, not a crash or a drop.
+    recs = [{"user": "a", "text": "hello there"}, {"user": "", "text": "good morning"},
+            {"user": "b", "text": "see you soon"}]
+    (tmp_path / "c.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    config = DataConfig.from_dict({
+        "corpus": {"source": str(tmp_path / "c.jsonl"), "user_field": "user"},
+        "tokenizers": {"vocab_size": 10, "subword_vocab_size": 0}})
+    summary = build(config, tmp_path / "out")
+    assert summary["filtered"] == {"no_client": 1} and summary["kept"] == 2
+    assert summary["records"] == 3 and summary["accounted"]
+
+
+def test_manifest_says_how_clients_were_made(chat):
+    from data.partition import partitioner_from_dict
+    from data.population import PopulationConfig, population_around
+
+    m = Manifest.load(chat[0]).data
+    assert m["seed"] == CHAT.seed and m["layout"] == "en-US" and m["kbsim_version"]
+    assert partitioner_from_dict(m["partitioner"]).to_dict() == m["partitioner"]
+    assert PopulationConfig.from_dict(m["population"]) == population_around("raw")

@@ -255,3 +255,13 @@ def test_a_build_without_materialised_pairs(plain):
     assert [p.id for p in pairs] == [m.id for m in by_client[c]]
     assert [p.clean for p in pairs] == [m.text for m in by_client[c]]
     assert pairs == pool[c].pairs(ds.config.seed)
+
+
+def test_torch_views_straight_from_the_build(chat):
+    pytest.importorskip("torch")
+    ds = BuiltDataset(chat)
+    nw = ds.next_word_datasets("train", "early")
+    assert sum(len(d) for d in nw.values()) == len(list(ds.messages("train", "early")))
+    assert nw[next(iter(nw))][0][0].shape == (20,)
+    pairs = ds.pair_datasets("val", None)
+    assert sum(len(d) for d in pairs.values()) == ds.summary["pairs"]["val"]["pairs"]
