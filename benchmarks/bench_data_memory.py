@@ -4,7 +4,8 @@ Writes a text file of about `--size-gb` gigabytes (the Chit-Chat messages, one p
 repeated in order until the size is reached: a file with no user field, so clients are IID
 over line ids), then runs `kbsim data build` on it in a child process with a config whose
 every stage is on (filter, clients, cap, user and time splits, per-client typists, pairs,
-vocabulary and subword model), and reports the child's peak resident memory (the kernel's
+vocabulary and subword model; 100 IID clients, a cap of 1,000,000 messages per client), and
+reports the child's peak resident memory (the kernel's
 `ru_maxrss`), its wall time and its record rate.
 
     .venv/bin/python benchmarks/bench_data_memory.py --size-gb 2 --json runs/bench/data_memory.json
@@ -57,7 +58,7 @@ def config_for(corpus: Path) -> dict:
         "seed": 0,
         "shard_size": 50_000,
         "corpus": {"source": str(corpus)},
-        "clients": {"partition": "iid", "n_clients": 1000, "max_messages": 100_000},
+        "clients": {"partition": "iid", "n_clients": 100, "max_messages": 1_000_000},
         "splits": {"late_fraction": 0.1},
         "tokenizers": {"vocab_size": 10_000, "subword_vocab_size": 2000},
     }
