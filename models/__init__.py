@@ -1,1 +1,28 @@
-"""models stage of kbsim (not yet implemented: see the issues)."""
+"""models: small on-device language models, a proofreader and correctors, exported for phones.
+
+The public API, loaded lazily (importing `models` does not import torch):
+    CIFGLanguageModel, CIFGConfig      Gboard's next-word CIFG-LSTM (Hard et al. 2018), 1.4M params
+    TransformerLM, TransformerLMConfig a tiny causal Transformer LM of comparable size
+    build_lm, lm_config_from_dict, LM_KINDS
+    nwp_loss, NWPMetrics, suggest      the next-word task: loss, mergeable metrics, top-k
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "CIFGLanguageModel": "models.cifg", "CIFGConfig": "models.cifg",
+    "TransformerLM": "models.transformer_lm", "TransformerLMConfig": "models.transformer_lm",
+    "build_lm": "models.lm", "lm_config_from_dict": "models.lm", "LM_KINDS": "models.lm",
+    "nwp_loss": "models.nwp", "NWPMetrics": "models.nwp", "suggest": "models.nwp",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'models' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
