@@ -1,0 +1,79 @@
+"""`kbsim train nwp CONFIG --out DIR`: centralised next-word training from the command line.
+
+Wired into `kbsim.cli` by `add_train_parser(sub)`; errors go through its handler (one line on
+stderr, exit status 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+
+def cmd_train_nwp(args: argparse.Namespace) -> int:
+    """Runs (or resumes) a next-word training run; prints where it wrote and the metrics."""
+    import torch
+
+    from models.train import NWPTrainConfig, train_nwp
+
+    config = NWPTrainConfig.load(args.config)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    progress = sys.stderr.isatty() if args.progress is None else args.progress
+    summary = train_nwp(config, Path(args.out), progress=progress, max_steps=args.max_steps)
+    print(format_train_summary(summary))
+    state = "finished" if summary["finished"] else "stopped (run again to resume)"
+    print(f"kbsim train nwp: {state} at step {summary['step']}/{summary['total_steps']}; wrote "
+          f"{args.out}/ (metrics.csv, tb/, checkpoints/)", file=sys.stderr)
+    return 0
+
+
+def format_train_summary(summary: dict) -> str:
+    """The run's headline: steps, parameters, and the last validation metrics."""
+    lines = [f"steps        {summary['step']}/{summary['total_steps']} "
+             f"(epoch {summary['epoch']:.2f}"
+             + (f", resumed at step {summary['resumed_from']})" if summary["resumed_from"]
+                is not None else ")"),
+             f"parameters   {summary['parameters']:,}",
+             f"checkpoint   {summary['checkpoint']}"]
+    val = summary.get("val")
+    if val is None:
+        lines.append("val          not evaluated yet")
+    else:
+        def pct(x: float) -> str:
+            return "n/a" if math.isnan(x) else f"{100 * x:.2f}%"
+
+        lines += [f"val loss     {val['loss']:.4f} (perplexity {val['perplexity']:.1f}, "
+                  f"{val['tokens']:,} targets)",
+                  f"val top-1    {pct(val['accuracy'])} of words "
+                  f"({pct(val['accuracy_all'])} with OOV/EOS)",
+                  f"val top-3    {pct(val['top3_accuracy'])} of words "
+                  f"({pct(val['top3_accuracy_all'])} with OOV/EOS)"]
+    return "\n".join(lines)
+
+
+def add_train_parser(sub: argparse._SubParsersAction) -> None:
+    """Adds `train` (with `nwp` under it) to the `kbsim` subcommands."""
+    t = sub.add_parser("train", help="train the models: next-word prediction, centrally")
+    tsub = t.add_subparsers(dest="train_command", required=True, metavar="MODEL")
+    s = tsub.add_parser(
+        "nwp", help="a next-word LM on the pooled training users, resumable",
+        description="Trains a next-word language model (CIFG-LSTM or Transformer) on every "
+        "training user's early messages of a built dataset, evaluates it on the validation "
+        "users, and writes metrics.csv, TensorBoard logs and safetensors checkpoints under "
+        "--out. Run it again on the same folder to resume exactly where it stopped.")
+    s.add_argument("config", metavar="CONFIG",
+                   help="YAML/JSON training config (see models/train.py NWPTrainConfig)")
+    s.add_argument("--out", "-o", required=True, metavar="DIR", help="run folder")
+    s.add_argument("--max-steps", type=int, metavar="N",
+                   help="stop at step N (checkpointed); run again to go on")
+    s.add_argument("--threads", type=int, metavar="N",
+                   help="torch CPU threads (default: torch's; 1 is fastest for tiny models "
+                   "on a busy machine)")
+    s.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bar on stderr (default: only on a terminal)")
+    s.set_defaults(func=cmd_train_nwp)
