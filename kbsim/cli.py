@@ -6,6 +6,7 @@
     kbsim fidelity --pairs FILE --profile PROFILE          simulated vs real error mix
     kbsim data build CONFIG --out DIR                      an experiment's data, resumable
     kbsim data summary DIR                                 the summary table of a built dataset
+    kbsim train nwp CONFIG --out DIR                       a next-word LM, resumable
     kbsim demo [--out DIR]                                 the main job on the default corpus
 
 Bad input or settings end with exit status 2 and one line on stderr naming the problem (and,
@@ -20,6 +21,7 @@ import sys
 from pathlib import Path
 
 from kbsim import __version__
+from kbsim.train_cli import add_train_parser
 from keyboard_sim.simulate import DEFAULT_CHUNK
 
 EXIT_USAGE = 2
@@ -209,6 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = dsub.add_parser("summary", help="print the summary table of a built dataset")
     s.add_argument("dir", metavar="DIR")
     s.set_defaults(func=cmd_data_summary)
+
+    add_train_parser(sub)
 
     s = sub.add_parser("demo", help="run the simulator end to end on the default corpus",
                        description="Types the BYU Chit-Chat messages (PyPI chitchat-dataset) "

@@ -5,6 +5,8 @@ The public API, loaded lazily (importing `models` does not import torch):
     TransformerLM, TransformerLMConfig a tiny causal Transformer LM of comparable size
     build_lm, lm_config_from_dict, LM_KINDS
     nwp_loss, NWPMetrics, suggest      the next-word task: loss, mergeable metrics, top-k
+    NWPTrainConfig, train_nwp, load_trained_lm   centralised training, exact resume
+    save_checkpoint, load_checkpoint, CheckpointError   safetensors + JSON, never pickle
 """
 
 from __future__ import annotations
@@ -16,6 +18,10 @@ _EXPORTS = {
     "TransformerLM": "models.transformer_lm", "TransformerLMConfig": "models.transformer_lm",
     "build_lm": "models.lm", "lm_config_from_dict": "models.lm", "LM_KINDS": "models.lm",
     "nwp_loss": "models.nwp", "NWPMetrics": "models.nwp", "suggest": "models.nwp",
+    "NWPTrainConfig": "models.train", "train_nwp": "models.train",
+    "load_trained_lm": "models.train",
+    "save_checkpoint": "models.checkpoint", "load_checkpoint": "models.checkpoint",
+    "CheckpointError": "models.checkpoint",
 }
 
 __all__ = sorted(_EXPORTS)
