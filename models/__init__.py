@@ -7,6 +7,10 @@ The public API, loaded lazily (importing `models` does not import torch):
     nwp_loss, NWPMetrics, suggest      the next-word task: loss, mergeable metrics, top-k
     NWPTrainConfig, train_nwp, load_trained_lm   centralised training, exact resume
     save_checkpoint, load_checkpoint, CheckpointError   safetensors + JSON, never pickle
+    KeyboardLikelihood                 keyboard_sim's error model scored: log P(typed | intended)
+    NoisyChannelCorrector, BigramPrior, NextWordLMPrior, LMPrior   the keyboard-decoder corrector
+    SymSpellCorrector                  the dictionary baseline (symspellpy)
+Every corrector has `name` and `correct(texts) -> list[str]`.
 """
 
 from __future__ import annotations
@@ -22,6 +26,10 @@ _EXPORTS = {
     "load_trained_lm": "models.train",
     "save_checkpoint": "models.checkpoint", "load_checkpoint": "models.checkpoint",
     "CheckpointError": "models.checkpoint",
+    "KeyboardLikelihood": "models.keyboard_likelihood",
+    "NoisyChannelCorrector": "models.noisy_channel", "BigramPrior": "models.noisy_channel",
+    "NextWordLMPrior": "models.noisy_channel", "LMPrior": "models.noisy_channel",
+    "SymSpellCorrector": "models.symspell_baseline",
 }
 
 __all__ = sorted(_EXPORTS)
