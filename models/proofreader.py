@@ -473,8 +473,9 @@ class Proofreader(nn.Module):
             A `BeamResult`. The model is put in eval mode.
         """
         _check_int("beam", beam, 1)
-        if beam > self.config.vocab_size:
-            raise ValueError(f"beam {beam} is wider than the vocabulary ({self.config.vocab_size})")
+        if beam > self.config.vocab_size - 2:  # PAD and BOS are never written
+            raise ValueError(f"beam {beam} is wider than the writable vocabulary "
+                             f"({self.config.vocab_size - 2} ids)")
         if isinstance(length_penalty, bool) or not length_penalty >= 0:
             raise ValueError(f"length_penalty must be >= 0, got {length_penalty!r}")
         limit = self._limit(max_len)
