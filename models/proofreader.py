@@ -593,8 +593,11 @@ class ProofreaderCorrector:
     1. h ended with EOS within the length limit and differs from x;
     2. confidence: h's mean log-probability per id (EOS included) is at least
        `min_confidence`, i.e. the geometric mean of the model's probabilities for h's ids is at
-       least exp(min_confidence) (default log 0.5). A model with near-uniform predictions, such
-       as an untrained one, never passes, whatever it would write;
+       least exp(min_confidence) (default log 0.7). A model with near-uniform predictions, such
+       as an untrained one, never passes, whatever it would write. Measured on 100 validation
+       messages of the 30,000-record build with a partly trained model (1.7M parameters, 2,000
+       steps, val token accuracy 0.63; beam 4): unguarded CER 0.059 -> 0.355; with log 0.5,
+       0.064 and 10% of clean messages changed; with log 0.7, 0.0591 and none changed;
     3. gain: h's mean log-probability per id exceeds that of copying x unchanged (log p(x + EOS
        | x) / (n + 1)) by at least `min_gain` nats. Per id, so that a long and a short
        rewrite compare fairly; a margin above 0, so that a change the model only slightly
@@ -619,7 +622,7 @@ class ProofreaderCorrector:
         tokenizer,
         beam: int = 4,
         min_gain: float = 0.02,
-        min_confidence: float = math.log(0.5),
+        min_confidence: float = math.log(0.7),
         length_penalty: float = 1.0,
         batch_size: int = 32,
         name: str = "proofreader",
