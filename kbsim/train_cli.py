@@ -32,6 +32,30 @@ def cmd_train_nwp(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_proofreader(args: argparse.Namespace) -> int:
+    """Trains the seq2seq proofreader on a built dataset's pairs; prints the last metrics."""
+    import torch
+
+    from models.train_proofreader import ProofreaderTrainConfig, train_proofreader
+
+    config = ProofreaderTrainConfig.load(args.config)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    progress = sys.stderr.isatty() if args.progress is None else args.progress
+    summary = train_proofreader(config, Path(args.out), progress=progress)
+    final = summary.get("final") or {}
+    print(f"steps        {summary['steps']}\nparameters   {summary['parameters']:,}\n"
+          f"checkpoint   {summary['checkpoint']}")
+    for key in ("val_loss", "val_token_acc", "exact_match", "cer_before", "cer_after"):
+        if key in final:
+            print(f"{key:<12} {final[key]:.4f}")
+    print(f"kbsim train proofreader: wrote {args.out}/ (metrics.csv, checkpoints/, summary.json)",
+          file=sys.stderr)
+    return 0
+
+
 def format_train_summary(summary: dict) -> str:
     """The run's headline: steps, parameters, and the last validation metrics."""
     lines = [f"steps        {summary['step']}/{summary['total_steps']} "
@@ -58,7 +82,7 @@ def format_train_summary(summary: dict) -> str:
 
 def add_train_parser(sub: argparse._SubParsersAction) -> None:
     """Adds `train` (with `nwp` under it) to the `kbsim` subcommands."""
-    t = sub.add_parser("train", help="train the models: next-word prediction, centrally")
+    t = sub.add_parser("train", help="train the models centrally: next-word LM, proofreader")
     tsub = t.add_subparsers(dest="train_command", required=True, metavar="MODEL")
     s = tsub.add_parser(
         "nwp", help="a next-word LM on the pooled training users, resumable",
@@ -77,3 +101,17 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar on stderr (default: only on a terminal)")
     s.set_defaults(func=cmd_train_nwp)
+
+    s = tsub.add_parser(
+        "proofreader", help="the seq2seq proofreader on the training users' pairs",
+        description="Trains the sequence-to-sequence proofreader on a built dataset's "
+        "(noisy, clean) pairs of the training users, evaluates it on the validation users "
+        "(loss, exact match, character error rate before and after) and writes metrics.csv "
+        "and safetensors checkpoints under --out.")
+    s.add_argument("config", metavar="CONFIG",
+                   help="YAML/JSON config (see models/train_proofreader.py)")
+    s.add_argument("--out", "-o", required=True, metavar="DIR", help="run folder")
+    s.add_argument("--threads", type=int, metavar="N", help="torch CPU threads")
+    s.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bar on stderr (default: only on a terminal)")
+    s.set_defaults(func=cmd_train_proofreader)

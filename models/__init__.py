@@ -10,6 +10,9 @@ The public API, loaded lazily (importing `models` does not import torch):
     KeyboardLikelihood                 keyboard_sim's error model scored: log P(typed | intended)
     NoisyChannelCorrector, BigramPrior, NextWordLMPrior, LMPrior   the keyboard-decoder corrector
     SymSpellCorrector                  the dictionary baseline (symspellpy)
+    Proofreader, ProofreaderConfig, ProofreaderCorrector   the seq2seq proofreader and its guard
+    ProofreaderTrainConfig, train_proofreader, load_proofreader, load_corrector
+    export_onnx, export_executorch, export_next_word, export_proofreader, open_runner   phones
 Every corrector has `name` and `correct(texts) -> list[str]`.
 """
 
@@ -30,6 +33,14 @@ _EXPORTS = {
     "NoisyChannelCorrector": "models.noisy_channel", "BigramPrior": "models.noisy_channel",
     "NextWordLMPrior": "models.noisy_channel", "LMPrior": "models.noisy_channel",
     "SymSpellCorrector": "models.symspell_baseline",
+    "Proofreader": "models.proofreader", "ProofreaderConfig": "models.proofreader",
+    "ProofreaderCorrector": "models.proofreader",
+    "ProofreaderTrainConfig": "models.train_proofreader",
+    "train_proofreader": "models.train_proofreader",
+    "load_proofreader": "models.train_proofreader", "load_corrector": "models.train_proofreader",
+    "export_onnx": "models.export", "export_executorch": "models.export",
+    "export_next_word": "models.export", "export_proofreader": "models.export",
+    "open_runner": "models.export",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -31,7 +31,7 @@ import shutil
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
@@ -184,9 +184,14 @@ class ProofreaderTrainConfig:
         except Exception as e:  # OSError, yaml.YAMLError, json.JSONDecodeError
             raise ValueError(f"{path}: cannot read the config ({e})") from e
         try:
-            return cls.from_dict(d)
+            config = cls.from_dict(d)
         except (TypeError, ValueError) as e:
             raise ValueError(f"{path}: {e}") from e
+        # A relative data folder is taken from the config file's folder.
+        data_dir = Path(config.data_dir)
+        if not data_dir.is_absolute():
+            config = replace(config, data_dir=str((path.parent / data_dir).resolve()))
+        return config
 
 
 # --------------------------------------------------------------------------- metrics

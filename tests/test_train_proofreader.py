@@ -210,3 +210,22 @@ def test_same_seed_same_run_and_vocab_mismatch(built, tmp_path):
     with pytest.raises(ValueError, match="differs from the data's subword model"):
         train_proofreader(small_config(built, model={**TINY_MODEL, "vocab_size": 500}),
                           tmp_path / "bad")
+
+
+def test_cli_trains_from_a_config_with_a_relative_data_folder(built, tmp_path, capsys):
+    import dataclasses
+    import os
+
+    from kbsim.cli import main
+
+    d = dataclasses.asdict(small_config(built))
+    d["betas"] = list(d["betas"])
+    d["steps"] = 3
+    d["data_dir"] = os.path.relpath(built, tmp_path)
+    (tmp_path / "p.json").write_text(json.dumps({"proofreader": d}))
+    assert main(["train", "proofreader", str(tmp_path / "p.json"), "--out",
+                 str(tmp_path / "run"), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "steps        3" in out and (tmp_path / "run" / "summary.json").exists()
+    assert main(["train", "proofreader", str(tmp_path / "missing.json"), "--out",
+                 str(tmp_path / "r2")]) == 2
