@@ -3,6 +3,7 @@ training run on a small `kbsim data build` (loss falls, checkpoints load back, s
 the same run)."""
 
 import csv
+import dataclasses
 import json
 import random
 
@@ -99,7 +100,9 @@ def test_config_from_dict_and_files(tmp_path):
     assert ProofreaderTrainConfig.load(y).steps == 7
     j = tmp_path / "p.json"
     j.write_text(json.dumps(c.to_dict()))
-    assert ProofreaderTrainConfig.load(j) == c
+    # From a file, a relative data folder is taken from the file's folder.
+    assert ProofreaderTrainConfig.load(j) == dataclasses.replace(
+        c, data_dir=str((tmp_path / "d").resolve()))
     with pytest.raises(ValueError, match="unknown proofreader training keys \\['stepz'\\]"):
         ProofreaderTrainConfig.from_dict({"data_dir": "d", "stepz": 3})
     with pytest.raises(ValueError, match="data_dir is required"):
@@ -213,7 +216,6 @@ def test_same_seed_same_run_and_vocab_mismatch(built, tmp_path):
 
 
 def test_cli_trains_from_a_config_with_a_relative_data_folder(built, tmp_path, capsys):
-    import dataclasses
     import os
 
     from kbsim.cli import main
