@@ -18,15 +18,30 @@ The output folder:
     config.json             the training config
     subword.model/.json     the tokenizer, copied from the data folder (a run is self-contained)
     metrics.csv             one row per evaluation
+    tb/                     the same rows as TensorBoard scalars (train/loss, val/cer_after, ...)
     checkpoints/step-*/     model, optimizer and RNG state (models.checkpoint's layout)
-    summary.json            what `train_proofreader` returns
+    summary.json            what `train_proofreader` returns, written when the run finishes
+
+Resume is exact, as in `models.train`: a run stopped at any step (`max_steps`, a crash, a kill)
+and started again on the same folder ends with the same weights, bit for bit, as one that never
+stopped. The newest checkpoint holds everything the rest of the run depends on: weights,
+AdamW's moments, torch's RNG (dropout), the training loss summed since the last evaluation,
+and the step, from which the learning rate (a function of the step) and the position in the data
+follow: epoch e's batch order is a pure function of (seed, e) (its own loader seeded with
+`derive_seed(seed, "proofreader", "order", e)`), so the rest of an epoch is found by skipping
+the batches already consumed. metrics.csv rows and TensorBoard events written after that
+checkpoint are dropped, so the logs read as one run (the `seconds` column goes on from the
+checkpoint's clock).
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
+import itertools
 import json
 import math
+import os
 import shutil
 import sys
 import time
@@ -338,27 +353,156 @@ def _spaced(n: int, k: int) -> list[int]:
     return [(i * n) // k for i in range(k)]
 
 
+METRIC_COLUMNS = ("step", "epoch", "lr", "train_loss", "seconds", "val_loss", "val_token_acc",
+                  "val_tokens", "messages", "exact_match", "exact_match_before", "cer_before",
+                  "cer_after", "changed")
+# metrics.csv columns written to TensorBoard, with their tags (counts and clock time are not).
+TB_TAGS = {"lr": "train/lr", "train_loss": "train/loss", "val_loss": "val/loss",
+           "val_token_acc": "val/token_acc", "exact_match": "val/exact_match",
+           "exact_match_before": "val/exact_match_before", "cer_before": "val/cer_before",
+           "cer_after": "val/cer_after", "changed": "val/changed"}
+# Settings that may differ between a run and its resumption: they change what is measured and
+# kept, never the weights at a given step. (`steps` sets the cosine schedule, so it may not.)
+RESUMABLE_CHANGES = ("eval_every", "eval_messages", "eval_batch_size", "checkpoint_every",
+                     "keep_checkpoints")
+
+
+class ProofreaderTrainError(ValueError):
+    """A run that cannot start or go on (e.g. its folder holds another run): says why."""
+
+
+def epoch_loader(dataset, batch_size: int, seed: int, epoch: int):
+    """The batches of epoch `epoch` (0-based), in an order that is a function of (seed, epoch).
+
+    A resumed run rebuilds the epoch it stopped in and skips the batches already consumed.
+    """
+    from data.torch_data import collate_pairs, make_loader
+
+    return make_loader(dataset, batch_size, derive_seed(seed, "proofreader", "order", epoch),
+                       collate_fn=collate_pairs)
+
+
+def _dataset_fingerprint(data_dir: Path) -> str:
+    """sha256 of the build's manifest (it lists every shard's checksum and the data config)."""
+    return hashlib.sha256((data_dir / "manifest.json").read_bytes()).hexdigest()
+
+
+def _check_same_run(saved: Mapping, config: ProofreaderTrainConfig, fingerprint: str,
+                    where: Path) -> None:
+    now = config.to_dict()
+    theirs = saved.get("config", {})
+    differ = sorted(k for k in set(theirs) | set(now)
+                    if k not in RESUMABLE_CHANGES and theirs.get(k) != now.get(k))
+    if differ:
+        raise ProofreaderTrainError(
+            f"{where}: the checkpoint is of a run with other settings ({', '.join(differ)}); "
+            "use a new output folder or the same config")
+    if saved.get("dataset") != fingerprint:
+        raise ProofreaderTrainError(f"{where}: the checkpoint was trained on another build of "
+                                    f"{config.data_dir} (its manifest changed)")
+
+
+def _rng_generators(device: torch.device) -> dict[str, torch.Generator]:
+    # Dropout draws from torch's default generator (and CUDA's on a GPU): saved and restored.
+    gens = {"torch": torch.default_generator}
+    if device.type == "cuda":
+        gens["cuda"] = torch.cuda.default_generators[device.index or 0]
+    return gens
+
+
+class _MetricsCsv:
+    """metrics.csv, one row per evaluation, each row flushed and fsynced when written.
+
+    Opening it for a resumed run keeps the rows up to `keep_until` (the checkpoint's step) and
+    drops the later ones, which the stopped run wrote after its last checkpoint and the resumed
+    run writes again; a fresh run (keep_until None) starts the file anew.
+    """
+
+    def __init__(self, path: Path, keep_until: int | None) -> None:
+        self.path = path
+        kept: list[dict] = []
+        if keep_until is not None and path.exists():
+            with open(path, newline="", encoding="utf-8") as f:
+                reader = csv.DictReader(f)
+                if reader.fieldnames is not None and tuple(reader.fieldnames) != METRIC_COLUMNS:
+                    raise ProofreaderTrainError(
+                        f"{path}: columns {reader.fieldnames} differ from this kbsim's "
+                        f"{list(METRIC_COLUMNS)}; move the file away to resume")
+                for row in reader:
+                    step = row.get("step") or ""
+                    if (None in row or None in row.values() or not step.isdigit()
+                            or int(step) > keep_until):
+                        break  # a torn last line, or rows after the checkpoint
+                    kept.append(row)
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
+            writer.writeheader()
+            writer.writerows(kept)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    def append(self, row: Mapping) -> None:
+        with open(self.path, "a", newline="", encoding="utf-8") as f:
+            csv.DictWriter(f, fieldnames=METRIC_COLUMNS).writerow(
+                {k: row.get(k, "") for k in METRIC_COLUMNS})
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def _summary_writer(path: Path, purge_step: int):
+    from torch.utils.tensorboard import SummaryWriter
+
+    # TensorBoard reads a folder's event files in name order, and a name starts with the second
+    # it was opened ("events.out.tfevents.<seconds>.<host>..."): a resumed run opened in the
+    # same second as the stopped one could sort before it. Wait for the next second then.
+    opened = [int(p.name.split(".")[3]) for p in path.glob("events.out.tfevents.*")
+              if len(p.name.split(".")) > 3 and p.name.split(".")[3].isdigit()]
+    while opened and int(time.time()) <= max(opened):
+        time.sleep(0.05)
+    # purge_step: TensorBoard hides the events of steps >= it that older files hold (those a
+    # stopped run logged after the checkpoint this run resumes from).
+    return SummaryWriter(str(path), purge_step=purge_step)
+
+
 def train_proofreader(config: ProofreaderTrainConfig, out_dir: str | Path,
-                      progress: bool = False) -> dict:
+                      progress: bool = False, *, max_steps: int | None = None) -> dict:
     """Trains a proofreader (see the module docstring); returns the run's summary.
 
     The run is a function of the config: initial weights from a generator seeded with
-    derive_seed(seed, "init"), batch order from derive_seed(seed, "loader"), and dropout from
-    torch's default generator seeded with derive_seed(seed, "dropout") inside
-    `torch.random.fork_rng`, so the caller's global RNG state is left as it was.
+    derive_seed(seed, "init"), the batch order of epoch e (0-based) from
+    derive_seed(seed, "proofreader", "order", e), and dropout from torch's default generator
+    seeded with derive_seed(seed, "dropout") inside `torch.random.fork_rng`, so the caller's
+    global RNG state is left as it was.
+
+    If `out_dir` holds a checkpoint of the same run (same config up to `RESUMABLE_CHANGES`,
+    same data build), training resumes from the newest one and ends with the same weights, bit
+    for bit, as a run that never stopped.
 
     Args:
         config: The training config.
-        out_dir: The run's folder (created; files in it are overwritten).
+        out_dir: The run's folder (created if missing).
         progress: Write a line per evaluation to stderr.
+        max_steps: Stop (with a checkpoint) once the run has made this many steps in all,
+            before config.steps; running again goes on from there.
 
     Returns:
-        A JSON-able dict: parameters, steps, seconds, train loss of the last steps, the last
-        evaluation's metrics, and the paths written.
+        A JSON-able dict: parameters, steps (made so far), total_steps, finished, resumed_from
+        (the step resumed at, or None), epochs, train and validation pair counts, seconds, the
+        last evaluation's metrics ("final"), the model config and the paths written.
+
+    Raises:
+        ProofreaderTrainError: `out_dir` holds another run's checkpoint, or a metrics.csv of
+            other columns.
+        CheckpointError: The checkpoint to resume from is corrupt or does not fit.
     """
     from data.built import BuiltDataset
-    from data.torch_data import collate_pairs, make_loader, pooled
+    from data.torch_data import pooled
 
+    if max_steps is not None and (isinstance(max_steps, bool) or not isinstance(max_steps, int)
+                                  or max_steps < 1):
+        raise ValueError(f"max_steps must be an int >= 1, got {max_steps!r}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     data = BuiltDataset(config.data_dir)
@@ -372,85 +516,113 @@ def train_proofreader(config: ProofreaderTrainConfig, out_dir: str | Path,
                          f"{model_cfg.max_len}")
     train_ds = pooled(data.pair_datasets(config.train_split, config.train_period,
                                          config.max_len))
+    if len(train_ds) == 0:
+        raise ProofreaderTrainError(f"{config.data_dir}: no {config.train_split} "
+                                    f"({config.train_period}) pairs to train on")
     val_pairs = _flat_pairs(data.client_pairs(config.val_split, config.val_period))
     decode_idx = _spaced(len(val_pairs), config.eval_messages)
+    fingerprint = _dataset_fingerprint(Path(config.data_dir))
+    per_epoch = math.ceil(len(train_ds) / config.batch_size)
+    stop = config.steps if max_steps is None else min(config.steps, max_steps)
 
     for name in ("subword.model", "subword.json"):
         shutil.copyfile(Path(config.data_dir) / name, out / name)
     (out / "config.json").write_text(json.dumps(config.to_dict(), indent=1) + "\n")
 
     dev = torch.device(config.device)
-    model = Proofreader(model_cfg)
-    model.reset_parameters(torch.Generator().manual_seed(derive_seed(config.seed, "init")))
-    model.to(dev)
-    optimizer = torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.lr,
-                                  betas=config.betas)
-    loader = make_loader(train_ds, config.batch_size, derive_seed(config.seed, "loader"),
-                         collate_fn=collate_pairs)
-    metrics_path = out / "metrics.csv"
     ckpt_root = out / "checkpoints"
-    columns = ["step", "epoch", "lr", "train_loss", "seconds", "val_loss", "val_token_acc",
-               "val_tokens", "messages", "exact_match", "exact_match_before", "cer_before",
-               "cer_after", "changed"]
-    started = time.perf_counter()
-    state = {"config": config.to_dict(), "model_config": model_cfg.to_dict()}
+    state = {"config": config.to_dict(), "model_config": model_cfg.to_dict(),
+             "dataset": fingerprint, "batches_per_epoch": per_epoch}
     cuda = [dev.index or 0] if dev.type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda), open(metrics_path, "w", newline="") as f:
-        torch.manual_seed(derive_seed(config.seed, "dropout"))
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        step, epoch = 0, 0
+    with torch.random.fork_rng(devices=cuda):
+        generators = _rng_generators(dev)
+        for g in generators.values():  # torch.manual_seed would also reseed unforked GPUs
+            g.manual_seed(derive_seed(config.seed, "dropout"))
+        model = Proofreader(model_cfg)
+        model.reset_parameters(torch.Generator().manual_seed(derive_seed(config.seed, "init")))
+        model.to(dev)
+        optimizer = torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.lr,
+                                      betas=config.betas)
+        step, resumed_from, elapsed = 0, None, 0.0
         window_loss, window_n = 0.0, 0
         last: dict = {}
-        while step < config.steps:
-            epoch += 1
-            for batch in loader:
-                step += 1
-                lr = lr_at(step, config)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                model.train()
-                loss, _, _ = sequence_loss(model, batch.src.to(dev), batch.src_mask.to(dev),
-                                           batch.tgt.to(dev), config.label_smoothing)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if config.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-                optimizer.step()
-                window_loss += float(loss.detach())
-                window_n += 1
-                final = step == config.steps
-                if step % config.eval_every == 0 or final:
-                    row = {"step": step, "epoch": epoch, "lr": lr,
-                           "train_loss": window_loss / window_n,
-                           "seconds": round(time.perf_counter() - started, 3)}
-                    row.update(evaluate(model, tokenizer, val_pairs, decode_idx,
-                                        config.eval_batch_size, config.max_len))
-                    writer.writerow({k: row.get(k, "") for k in columns})
-                    f.flush()
-                    last = row
-                    window_loss, window_n = 0.0, 0
-                    if progress:
-                        print(_progress_line(row), file=sys.stderr, flush=True)
-                if (config.checkpoint_every and step % config.checkpoint_every == 0) or final:
-                    save_step_checkpoint(ckpt_root, step, model, optimizer,
-                                         {**state, "step": step, "epoch": epoch, "metrics": last},
-                                         keep=config.keep_checkpoints)
-                if final:
-                    break
+        checkpoint = latest_checkpoint(ckpt_root)
+        if checkpoint is not None:
+            _check_same_run(read_meta(checkpoint)["state"], config, fingerprint, checkpoint)
+            saved = load_checkpoint(checkpoint, model, optimizer, generators=generators)
+            step = resumed_from = int(saved["step"])
+            window_loss, window_n = float(saved["window_loss"]), int(saved["window_n"])
+            last, elapsed = dict(saved["metrics"]), float(saved["seconds"])
+        started = time.perf_counter() - elapsed
+        log = _MetricsCsv(out / "metrics.csv", keep_until=step if checkpoint else None)
+        tb = _summary_writer(out / "tb", purge_step=step + 1)
+        try:
+            while step < stop:
+                epoch, position = divmod(step, per_epoch)
+                batches = epoch_loader(train_ds, config.batch_size, config.seed, epoch)
+                for batch in itertools.islice(batches, position, None):
+                    step += 1
+                    lr = lr_at(step, config)
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr
+                    model.train()
+                    loss, _, _ = sequence_loss(model, batch.src.to(dev),
+                                               batch.src_mask.to(dev), batch.tgt.to(dev),
+                                               config.label_smoothing)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    if config.grad_clip > 0:
+                        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                    optimizer.step()
+                    window_loss += float(loss.detach())
+                    window_n += 1
+                    if step % config.eval_every == 0 or step == config.steps:
+                        row = {"step": step, "epoch": epoch + 1, "lr": lr,
+                               "train_loss": window_loss / window_n,
+                               "seconds": round(time.perf_counter() - started, 3)}
+                        row.update(evaluate(model, tokenizer, val_pairs, decode_idx,
+                                            config.eval_batch_size, config.max_len))
+                        log.append(row)
+                        for key, tag in TB_TAGS.items():
+                            if key in row:
+                                tb.add_scalar(tag, row[key], step)
+                        tb.flush()
+                        last = row
+                        window_loss, window_n = 0.0, 0
+                        if progress:
+                            print(_progress_line(row), file=sys.stderr, flush=True)
+                    if (config.checkpoint_every and step % config.checkpoint_every == 0) \
+                            or step == stop:
+                        checkpoint = save_step_checkpoint(
+                            ckpt_root, step, model, optimizer,
+                            {**state, "step": step, "epoch": step // per_epoch,
+                             "position": step % per_epoch, "window_loss": window_loss,
+                             "window_n": window_n, "metrics": last,
+                             "seconds": time.perf_counter() - started},
+                            generators=generators, keep=config.keep_checkpoints)
+                    if step >= stop:
+                        break
+        finally:
+            tb.close()
+    finished = step >= config.steps
     summary = {
         "parameters": model.num_parameters(),
         "steps": step,
-        "epochs": epoch,
+        "total_steps": config.steps,
+        "finished": finished,
+        "resumed_from": resumed_from,
+        "epochs": math.ceil(step / per_epoch),
         "train_pairs": len(train_ds),
         "val_pairs": len(val_pairs),
         "seconds": round(time.perf_counter() - started, 3),
         "final": last,
         "model_config": model_cfg.to_dict(),
-        "checkpoint": str(latest_checkpoint(ckpt_root)),
-        "metrics_csv": str(metrics_path),
+        "checkpoint": str(checkpoint),
+        "metrics_csv": str(out / "metrics.csv"),
+        "tensorboard": str(out / "tb"),
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    if finished:
+        (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     return summary
 
 

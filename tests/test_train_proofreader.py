@@ -1,11 +1,18 @@
-"""Tests for models.train_proofreader: metrics goldens, the schedule, the config, and a short real
-training run on a small `kbsim data build` (loss falls, checkpoints load back, same seed gives
-the same run)."""
+"""Tests for models.train_proofreader: metrics goldens, the schedule, the config, and short real
+training runs on a small `kbsim data build` (loss falls, checkpoints load back, same seed gives
+the same run, a run stopped by `max_steps`, by a lost checkpoint or by SIGKILL and resumed ends
+with the weights and logs of one that never stopped, TensorBoard logs)."""
 
 import csv
 import dataclasses
 import json
+import os
 import random
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,6 +23,7 @@ from models.checkpoint import CheckpointError
 from models.proofreader import Proofreader
 from models.train_proofreader import (
     ProofreaderTrainConfig,
+    ProofreaderTrainError,
     correction_metrics,
     evaluate,
     levenshtein,
@@ -164,7 +172,12 @@ def test_training_runs_and_loss_falls(run):
     assert 0 < float(last["cer_before"]) < 0.5  # the typed text has errors to fix
     assert summary["final"]["val_loss"] == pytest.approx(float(last["val_loss"]))
     assert json.loads((out / "summary.json").read_text()) == summary
+    assert summary["finished"] and summary["resumed_from"] is None
     assert {"config.json", "subword.model", "subword.json"} <= {p.name for p in out.iterdir()}
+    # TensorBoard holds the same rows.
+    assert tb_scalars(out, "train/loss") == [(20, pytest.approx(float(first["train_loss"]))),
+                                             (40, pytest.approx(float(last["train_loss"])))]
+    assert [s for s, _ in tb_scalars(out, "val/cer_after")] == [20, 40]
 
 
 def test_checkpoint_round_trip(run, built):
@@ -231,3 +244,132 @@ def test_cli_trains_from_a_config_with_a_relative_data_folder(built, tmp_path, c
     assert "steps        3" in out and (tmp_path / "run" / "summary.json").exists()
     assert main(["train", "proofreader", str(tmp_path / "missing.json"), "--out",
                  str(tmp_path / "r2")]) == 2
+
+
+# --------------------------------------------------------------------------- exact resume
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tb_scalars(out, tag):
+    """(step, value) of every event of `tag` TensorBoard shows for a run (purged ones hidden)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(Path(out) / "tb"))
+    acc.Reload()
+    return [(e.step, e.value) for e in acc.Scalars(tag)]
+
+
+def resume_config(built, **kw):
+    # 12 steps (dropout on), evaluated every 3, checkpointed every 4.
+    return small_config(built, **{"steps": 12, "eval_every": 3, "checkpoint_every": 4,
+                                  "eval_messages": 4, "keep_checkpoints": 3, **kw})
+
+
+def weights(out):
+    return load_proofreader(out).state_dict()
+
+
+def identical(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def rows_but_time(out):
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in read_metrics(out)]
+
+
+@pytest.fixture(scope="module")
+def whole(built, tmp_path_factory):
+    out = tmp_path_factory.mktemp("whole")
+    return out, train_proofreader(resume_config(built), out)
+
+
+def test_exact_resume_after_max_steps(whole, built, tmp_path):
+    whole_out, _ = whole
+    parts = tmp_path / "parts"
+    first = train_proofreader(resume_config(built), parts, max_steps=6)
+    assert first["steps"] == 6 and not first["finished"]
+    assert not (parts / "summary.json").exists()
+    assert [int(r["step"]) for r in read_metrics(parts)] == [3, 6]
+    rest = train_proofreader(resume_config(built), parts)
+    assert rest["resumed_from"] == 6 and rest["steps"] == 12 and rest["finished"]
+    assert identical(weights(whole_out), weights(parts))
+    assert rows_but_time(parts) == rows_but_time(whole_out)
+    assert tb_scalars(parts, "train/loss") == tb_scalars(whole_out, "train/loss")
+    # A finished run is not trained again.
+    again = train_proofreader(resume_config(built), parts)
+    assert again["resumed_from"] == 12 and again["final"] == rest["final"]
+    # Another seed is another run, so the equality above is not vacuous.
+    train_proofreader(resume_config(built, seed=4), tmp_path / "other")
+    assert not identical(weights(tmp_path / "other"), weights(whole_out))
+
+
+def test_rows_after_the_checkpoint_are_dropped(whole, built, tmp_path):
+    """Stopped at 7 after logging step 6, with checkpoint 7 lost: resumes at 4, logs 6 once."""
+    whole_out, _ = whole
+    out = tmp_path / "lost"
+    train_proofreader(resume_config(built), out, max_steps=7)
+    import shutil
+
+    shutil.rmtree(out / "checkpoints" / "step-00000007")
+    with open(out / "metrics.csv", "a") as f:
+        f.write("9,1,0.001,2.5")  # a row torn by a crash
+    rest = train_proofreader(resume_config(built, eval_messages=4, eval_every=3), out)
+    assert rest["resumed_from"] == 4
+    assert identical(weights(whole_out), weights(out))
+    assert rows_but_time(out) == rows_but_time(whole_out)
+    assert [s for s, _ in tb_scalars(out, "train/loss")] == [3, 6, 9, 12]  # 6 once
+
+
+_CHILD = textwrap.dedent("""
+    import os, signal, sys, threading, time
+    import torch
+    torch.set_num_threads(1)
+    from models.train_proofreader import ProofreaderTrainConfig, train_proofreader
+
+    config = ProofreaderTrainConfig.from_dict({config!r})
+    out = {out!r}
+    flag = os.path.join(out, "checkpoints", "step-00000004")
+
+    def killer():  # SIGKILL this process as soon as checkpoint 4 is in place
+        while not os.path.isdir(flag):
+            time.sleep(0.001)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=killer, daemon=True).start()
+    train_proofreader(config, out)
+    sys.exit(3)  # reached only if the kill never came
+""")
+
+
+def test_exact_resume_after_sigkill(whole, built, tmp_path):
+    whole_out, _ = whole
+    out = tmp_path / "killed"
+    code = _CHILD.format(config=resume_config(built).to_dict(), out=str(out))
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    rest = train_proofreader(resume_config(built), out)
+    assert 4 <= rest["resumed_from"] < 12 and rest["finished"]
+    assert identical(weights(whole_out), weights(out))
+    assert rows_but_time(out) == rows_but_time(whole_out)
+    assert [s for s, _ in tb_scalars(out, "val/loss")] == [3, 6, 9, 12]
+
+
+def test_resume_refuses_another_run(whole, built, tmp_path):
+    import shutil
+
+    whole_out, _ = whole
+    copy = tmp_path / "copy"
+    shutil.copytree(whole_out, copy)
+    with pytest.raises(ProofreaderTrainError, match="run with other settings \\(lr\\)"):
+        train_proofreader(resume_config(built, lr=1e-3), copy)
+    with pytest.raises(ProofreaderTrainError, match="other settings \\(steps\\)"):
+        train_proofreader(resume_config(built, steps=24), copy)  # the schedule would differ
+    # What is measured may change; the finished run is not trained again.
+    assert train_proofreader(resume_config(built, eval_every=5), copy)["resumed_from"] == 12
+    (copy / "metrics.csv").write_text("step,loss\n3,1.0\n")
+    with pytest.raises(ProofreaderTrainError, match="metrics.csv: columns"):
+        train_proofreader(resume_config(built), copy)
+    with pytest.raises(ValueError, match="max_steps must be an int >= 1"):
+        train_proofreader(resume_config(built), copy, max_steps=0)
