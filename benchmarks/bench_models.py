@@ -1,6 +1,7 @@
 """On-device cost of the exported models: file size, latency per prediction, peak memory.
 
     python benchmarks/bench_models.py [--json results.json] [--steps 2000] [--core N]
+                                      [--models cifg transformer proofreader]
 
 Exports, with `models.export`, the default-size models (random initialisation from a fixed seed:
 size and latency do not depend on training, which is why untrained models are used):
@@ -10,8 +11,9 @@ size and latency do not depend on training, which is why untrained models are us
   and int8;
 * the Transformer LM (`TransformerLMConfig()`, 1.39M parameters), last-position logits over a
   window of 20 ids (the training window), the same four ways;
-* the proofreader (`ProofreaderConfig()`, about 5.6M parameters) as an encoder and a decoder
-  step, to ONNX, float32 and int8 (ExecuTorch cannot run its decoder yet: see models/export.py).
+* the proofreader (`ProofreaderConfig()`, 6.1M parameters) as an encoder and a decoder step,
+  the same four ways (the ExecuTorch decoder file holds the step without a cache for position 0
+  and the step with one: see models/export.py); its file size is the two files together.
 
 Each file then runs in a fresh subprocess pinned to one core (`--core`, default the least busy
 core this process may use) with every BLAS/OpenMP pool at one thread and onnxruntime / XNNPACK
@@ -92,8 +94,11 @@ def ten_word_messages(n: int, workdir: Path) -> list[list[int]]:
     return [tok.encode(t) for t in ten]
 
 
-def export_all(workdir: Path, log) -> list[dict]:
-    """Exports every model file; returns one spec per file to time."""
+MODELS = ("cifg", "transformer", "proofreader")
+
+
+def export_all(workdir: Path, log, models: tuple[str, ...] = MODELS) -> list[dict]:
+    """Exports every file of `models`; returns one spec per file (or file pair) to time."""
     import torch
 
     from models import export as ex
@@ -109,6 +114,8 @@ def export_all(workdir: Path, log) -> list[dict]:
         ),
     }
     for kind, model in lms.items():
+        if kind not in models:
+            continue
         model.eval()
         for fmt, suffix in (("onnx", ".onnx"), ("executorch", ".pte")):
             for int8 in (False, True):
@@ -125,20 +132,27 @@ def export_all(workdir: Path, log) -> list[dict]:
                     "state_dims": [model.config.embed_dim, model.config.hidden_dim]
                     if kind == "cifg" else None,
                 })
+    if "proofreader" not in models:
+        return specs
     proof = Proofreader(ProofreaderConfig())
     proof.reset_parameters(torch.Generator().manual_seed(SEED))
     proof.eval()
-    files = ex.export_proofreader(proof, workdir, "onnx")
-    for int8 in (False, True):
-        paths = list(files)
-        if int8:
-            paths = [ex.quantize_onnx(p, p.with_suffix(".int8.onnx")) for p in files]
-        print(f"  exported {', '.join(p.name for p in paths)}", file=log)
-        specs.append({
-            "model": "proofreader", "format": "onnx", "int8": int8,
-            "files": [str(p) for p in paths], "parameters": proof.num_parameters(),
-            "config": proof.config.to_dict(),
-        })
+    onnx_float: list[Path] = []
+    for fmt in ("onnx", "executorch"):
+        for int8 in (False, True):
+            t0 = time.perf_counter()
+            if fmt == "onnx" and int8:  # as the LMs: onnxruntime's quantizer on the float files
+                paths = [ex.quantize_onnx(p, p.with_suffix(".int8.onnx")) for p in onnx_float]
+            else:
+                paths = list(ex.export_proofreader(proof, workdir, fmt, int8))
+                onnx_float = paths if fmt == "onnx" else onnx_float
+            print(f"  exported {', '.join(p.name for p in paths)} "
+                  f"({time.perf_counter() - t0:.1f} s)", file=log)
+            specs.append({
+                "model": "proofreader", "format": fmt, "int8": int8,
+                "files": [str(p) for p in paths], "parameters": proof.num_parameters(),
+                "config": proof.config.to_dict(),
+            })
     return specs
 
 
@@ -340,6 +354,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--core", type=int, help="core to pin to (default: the least busy one)")
     ap.add_argument("--json", type=Path, metavar="PATH", help="also write the results here")
     ap.add_argument("--workdir", type=Path, help="keep the exported files here")
+    ap.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS),
+                    help="which models to export and time (default: all)")
     ap.add_argument("--_worker", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args._worker is not None:
@@ -362,9 +378,10 @@ def main(argv: list[str] | None = None) -> None:
         workdir = args.workdir.resolve()
         workdir.mkdir(parents=True, exist_ok=True)
     try:
-        specs = export_all(workdir, log)
-        ids = word_ids(args.steps)
-        messages = ten_word_messages(args.messages, workdir)
+        specs = export_all(workdir, log, tuple(args.models))
+        ids = word_ids(args.steps) if set(args.models) - {"proofreader"} else []
+        messages = ten_word_messages(args.messages, workdir) if "proofreader" in args.models \
+            else []
         rows = []
         for spec in specs:
             work = {"messages": messages} if spec["model"] == "proofreader" else {"ids": ids}
@@ -401,7 +418,7 @@ def main(argv: list[str] | None = None) -> None:
             "command": "python benchmarks/bench_models.py " + " ".join(sys.argv[1:]),
             "machine": info,
             "versions": _versions(),
-            "settings": {"steps": args.steps, "messages": args.messages,
+            "settings": {"models": args.models, "steps": args.steps, "messages": args.messages,
                          "repeat": args.repeat, "window": WINDOW, "seed": SEED,
                          "trained": False},
             "results": rows,

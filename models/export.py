@@ -17,6 +17,19 @@ each model is exported as the step a phone takes:
   key_mask, past_k, past_v [L, B, H, T, D/H]) -> (log_probs [B, V], past_k', past_v'
   [.., T + 1, ..])`. `ExportedProofreader.greedy` drives them as `Proofreader.greedy` does.
 
+  In ExecuTorch the decoder file is one program with two methods, because executorch 1.5.1's
+  Python runtime refuses a tensor with a 0-length axis as an input ("invalid strides"), so the
+  ONNX step's empty first cache cannot be fed to it. `first` is the step at position 0 with no
+  cache, `(cross_k, cross_v, key_mask) -> (log_probs, past_k, past_v [.., 1, ..])`, reading
+  BOS by itself; `forward` is the step above with a cache of 1 to max_len - 1 positions. Both
+  run the decoder layers exactly as `Proofreader._step` does, so the exported file computes the
+  same numbers as torch (no padding or masking of a fixed-size cache, whose rounding and
+  memory traffic would differ), and the two methods share their weights: a program stores
+  equal constants once (measured on the default model: the two-method float decoder file is
+  15.4 MB, ONNX's one step 13.5 MB, the difference being XNNPACK's second copy of the tied
+  matrix, 2.0 MB, not a second decoder). The ExecuTorch proofreader takes one message per call
+  (batch 1, as on a phone); `ExportedProofreader` decodes a batch there message by message.
+
 Tied embeddings are stored once. In the ONNX graphs the tied matrix is kept transposed, [E, V]:
 the lookup is a Gather along its second axis and the output layer a MatMul with it, so
 onnxruntime's dynamic quantizer makes one int8 copy serve both (with the usual `[V, E]` layout
@@ -227,6 +240,36 @@ class ProofreaderDecoderStep(nn.Module):
         return logp, torch.stack(new_k), torch.stack(new_v)
 
 
+class ProofreaderFirstStep(nn.Module):
+    """A decoder step at position 0 with no cache (BOS in, the first cache out).
+
+    Inputs: cross_k, cross_v [L, B, H, S, D/H] and key_mask [B, S] from the encoder. Outputs:
+    log-probabilities [B, V] of the first id (PAD and BOS at -inf) and past_k, past_v
+    [L, B, H, 1, D/H]. Shares its weights with `step`, so one program holds them once.
+    """
+
+    def __init__(self, step: ProofreaderDecoderStep, bos_id: int):
+        super().__init__()
+        self.step = step
+        self.register_buffer("bos", torch.tensor([[bos_id]], dtype=torch.int64), persistent=False)
+
+    def forward(
+        self, cross_k: torch.Tensor, cross_v: torch.Tensor, key_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        s = self.step
+        x = s.tied.lookup(self.bos) + s.tgt_pos.weight[:1]  # (1, 1, D)
+        x = x.expand(key_mask.shape[0], 1, x.shape[-1])  # (B, 1, D)
+        mask = key_mask.bool()[:, None, None, :]
+        new_k, new_v = [], []
+        for i, layer in enumerate(s.layers):
+            cache: list[torch.Tensor] = []  # empty: the layer starts the cache with position 0
+            x = layer(x, (cross_k[i], cross_v[i]), mask, cache)
+            new_k.append(cache[0])
+            new_v.append(cache[1])
+        logp = F.log_softmax(s.tied.logits(s.ln(x))[:, 0], dim=-1) + s.banned
+        return logp, torch.stack(new_k), torch.stack(new_v)
+
+
 # --- export ------------------------------------------------------------------------------
 
 
@@ -237,6 +280,8 @@ def _dims(dynamic_axes: Mapping[str, Mapping[int, tuple[str, int, int]]], names:
     for name in names:
         axes = {}
         for axis, (dim_name, lo, hi) in dynamic_axes.get(name, {}).items():
+            if lo == hi:
+                continue  # one size only: fixed to the example's
             if dim_name not in made:
                 made[dim_name] = torch.export.Dim(dim_name, min=lo, max=hi)
             axes[axis] = made[dim_name]
@@ -308,6 +353,22 @@ def quantize_onnx(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     return dst
 
 
+class ExecuTorchMethod(NamedTuple):
+    """One method of an ExecuTorch program: what `export_executorch_program` traces.
+
+    Attributes:
+        module: Called as module(*example_inputs); put in eval mode.
+        example_inputs: Tensors of a representative shape.
+        input_names: Names for `dynamic_axes` (positional, as the module's inputs).
+        dynamic_axes: As `export_onnx`'s; ExecuTorch needs every dynamic axis bounded.
+    """
+
+    module: nn.Module
+    example_inputs: tuple[torch.Tensor, ...]
+    input_names: Sequence[str] = ()
+    dynamic_axes: Mapping[str, Mapping[int, tuple[str, int, int]]] | None = None
+
+
 def export_executorch(
     module: nn.Module,
     path: str | os.PathLike,
@@ -318,30 +379,51 @@ def export_executorch(
 ) -> Path:
     """Writes `module` as an ExecuTorch program (.pte, XNNPACK delegate); returns the path.
 
+    The program's one method is `forward`. Args as `ExecuTorchMethod`'s, and:
+
     Args:
-        module: Called as module(*example_inputs); put in eval mode.
         path: The .pte file to write (its folder is created).
-        example_inputs: Tensors of a representative shape.
-        input_names: Names for `dynamic_axes` (positional, as the module's inputs).
-        dynamic_axes: As `export_onnx`; ExecuTorch needs every dynamic axis bounded.
         quantize_int8: PT2E dynamic int8 quantization (see the module docstring).
+    """
+    method = ExecuTorchMethod(module, tuple(example_inputs), input_names, dynamic_axes)
+    return export_executorch_program({"forward": method}, path, quantize_int8)
+
+
+def export_executorch_program(
+    methods: Mapping[str, ExecuTorchMethod], path: str | os.PathLike, quantize_int8: bool = False
+) -> Path:
+    """Writes one ExecuTorch program (.pte, XNNPACK delegate) with several methods.
+
+    Methods that use the same weights (the same tensors, or equal values) store them once.
+
+    Args:
+        methods: {method name: ExecuTorchMethod}; a runtime loads each by name ("forward" is the
+            default method of ExecuTorch's runners).
+        path: The .pte file to write (its folder is created); replaced atomically.
+        quantize_int8: PT2E dynamic int8 quantization of every method (see the module
+            docstring).
     """
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import ExecutorchBackendConfig, to_edge_transform_and_lower
     from executorch.exir.passes.sym_shape_eval_pass import ConstraintBasedSymShapeEvalPass
 
+    if not methods:
+        raise ValueError("export_executorch_program: no methods to export")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    module = module.eval()
-    args = tuple(example_inputs)
-    shapes = _dims(dynamic_axes or {}, input_names) if dynamic_axes else None
+    programs = {}
     with torch.no_grad():
-        program = torch.export.export(module, args, dynamic_shapes=shapes)
-        if quantize_int8:
-            program = torch.export.export(
-                _quantize_pt2e(program.module(), args), args, dynamic_shapes=shapes
-            )
-        lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
+        for name, m in methods.items():
+            module = m.module.eval()
+            args = tuple(m.example_inputs)
+            shapes = _dims(m.dynamic_axes, m.input_names) if m.dynamic_axes else None
+            program = torch.export.export(module, args, dynamic_shapes=shapes)
+            if quantize_int8:
+                program = torch.export.export(
+                    _quantize_pt2e(program.module(), args), args, dynamic_shapes=shapes
+                )
+            programs[name] = program
+        lowered = to_edge_transform_and_lower(programs, partitioner=[XnnpackPartitioner()])
         et = lowered.to_executorch(
             ExecutorchBackendConfig(
                 extract_delegate_segments=True,
@@ -435,31 +517,62 @@ class OnnxRunner:
 
 
 class ExecuTorchRunner:
-    """An ExecuTorch program's `forward` on the CPU: `runner(*arrays) -> list of arrays`.
+    """One method of an ExecuTorch program on the CPU: `runner(*arrays) -> list of arrays`.
 
     Uses `executorch.runtime` (the pybind runtime with the portable, quantized and XNNPACK
     kernels the export targets). XNNPACK runs on one thread unless told otherwise.
 
+    Args:
+        path: The .pte file.
+        method: The method to run ("forward" unless the program was written with others).
+
+    Attributes:
+        method_names: Every method the program has.
+
     Raises:
-        ExportedModelError: The file is missing, not an ExecuTorch program, or fails to load.
+        ExportedModelError: The file is missing, not an ExecuTorch program, fails to load, or
+            has no such method.
     """
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, method: str = "forward"):
         import executorch.kernels.quantized  # noqa: F401  (registers the int8 lookup kernel)
         from executorch.runtime import Runtime
 
         self.path = _check_file(path, ".pte")
         try:
-            program = Runtime.get().load_program(str(self.path))
-            self.method = program.load_method("forward")
+            self.program = Runtime.get().load_program(str(self.path))
+            self.method_names = frozenset(self.program.method_names)
         except Exception as e:  # the runtime raises RuntimeError with an error code
             raise ExportedModelError(f"{self.path}: ExecuTorch cannot load it: {e}") from None
-        if self.method is None:
-            raise ExportedModelError(f"{self.path}: the program has no 'forward' method")
+        self.method_name = method
+        self.method = self._load(method)
+
+    def _load(self, name: str):
+        if name not in self.method_names:
+            raise ExportedModelError(f"{self.path}: the program has no {name!r} method (it "
+                                     f"has {', '.join(sorted(self.method_names))})")
+        try:
+            method = self.program.load_method(name)
+        except Exception as e:  # RuntimeError with an error code
+            raise ExportedModelError(f"{self.path}: ExecuTorch cannot load method {name!r}: "
+                                     f"{e}") from None
+        if method is None:
+            raise ExportedModelError(f"{self.path}: ExecuTorch cannot load method {name!r}")
+        return method
+
+    def other(self, method: str) -> ExecuTorchRunner:
+        """A runner of another method of the same loaded program (its weights not read again)."""
+        runner = object.__new__(ExecuTorchRunner)
+        runner.path, runner.program, runner.method_names = (
+            self.path, self.program, self.method_names)
+        runner.method_name = method
+        runner.method = runner._load(method)
+        return runner
 
     def __call__(self, *inputs: np.ndarray) -> list[np.ndarray]:
         tensors = [torch.from_numpy(np.ascontiguousarray(a)) for a in inputs]
-        return [t.numpy() for t in self.method.execute(tensors)]
+        # Copies: an output may live in the method's planned memory, which the next call reuses.
+        return [t.numpy().copy() for t in self.method.execute(tensors)]
 
 
 def open_runner(path: str | os.PathLike) -> OnnxRunner | ExecuTorchRunner:
@@ -538,7 +651,7 @@ def export_next_word(
 
 
 class ProofreaderFiles(NamedTuple):
-    """The two files of an exported proofreader."""
+    """The two files of an exported proofreader (an ExecuTorch decoder has two methods)."""
 
     encoder: Path
     decoder: Path
@@ -548,6 +661,7 @@ _ENC_IN = ("src", "src_mask")
 _ENC_OUT = ("cross_k", "cross_v", "key_mask")
 _DEC_IN = ("tokens", "position", "cross_k", "cross_v", "key_mask", "past_k", "past_v")
 _DEC_OUT = ("log_probs", "past_k_out", "past_v_out")
+FIRST_STEP_METHOD = "first"  # the ExecuTorch decoder's step at position 0 (no cache)
 
 
 def export_proofreader(
@@ -560,27 +674,27 @@ def export_proofreader(
     """Exports a `Proofreader` as `proofreader_encoder` and `proofreader_decoder_step` files.
 
     See the module docstring for their inputs and outputs; `ExportedProofreader` runs them.
-    Batch (up to `max_batch`), source length and cache length are dynamic up to max_len.
+    Source length and cache length are dynamic up to max_len. In ONNX the batch is dynamic up
+    to `max_batch` and one decoder step takes the empty first cache; in ExecuTorch the batch is
+    1 (as `export_next_word`'s) and the decoder file holds the `first` step (no cache) and the
+    `forward` step (a cache of 1 to max_len - 1 positions).
     """
     _exporter(fmt)
-    if fmt == "executorch":
-        # The ExecuTorch encoder exports and runs, but executorch 1.5.1's Python runtime
-        # rejects the decoder step's empty first cache ("invalid strides" for a 0-length
-        # axis), so greedy decoding cannot run there yet.
-        raise ValueError("export_proofreader: only 'onnx' is supported for the proofreader")
     c = model.config
     model = model.eval()
-    transposed = fmt == "onnx"
+    onnx_fmt = fmt == "onnx"
     folder = Path(folder)
     suffix = _SUFFIX[fmt] if not quantize_int8 else f".int8{_SUFFIX[fmt]}"
     batch = ("batch", 1, max_batch)
     src_len = ("src_len", 1, c.max_len)
-    b, s, t = 2, min(5, c.max_len), min(3, c.max_len - 1)
+    b, s, t = (2 if onnx_fmt else 1), min(5, c.max_len), min(3, c.max_len - 1)
     src = torch.arange(4, 4 + b * s, dtype=torch.int64).remainder(c.vocab_size).view(b, s)
     mask = torch.ones(b, s, dtype=torch.bool)
     mask[-1, -2:] = False
-    enc = ProofreaderEncoder(model, transposed)
-    enc_axes = {"src": {0: batch, 1: src_len}, "src_mask": {0: batch, 1: src_len}}
+    enc = ProofreaderEncoder(model, onnx_fmt)
+    enc_axes = {"src": {1: src_len}, "src_mask": {1: src_len}}
+    if onnx_fmt:
+        enc_axes = {k: {0: batch, **v} for k, v in enc_axes.items()}
     enc_path = _export(
         fmt, enc, folder / f"proofreader_encoder{suffix}", (src, mask), _ENC_IN, _ENC_OUT,
         enc_axes, quantize_int8,
@@ -590,7 +704,7 @@ def export_proofreader(
     heads, hd = cross_k.shape[2], cross_k.shape[4]
     past = torch.zeros(len(model.decoder), b, heads, t, hd)
     dec_args = (
-        torch.tensor([c.bos_id, 5], dtype=torch.int64),
+        torch.tensor([c.bos_id, 5][:b], dtype=torch.int64),
         torch.tensor([t], dtype=torch.int64),
         cross_k,
         cross_v,
@@ -598,20 +712,22 @@ def export_proofreader(
         past,
         past.clone(),
     )
-    cache = ("past_len", 0, c.max_len - 1)
-    dec_axes = {
-        "tokens": {0: batch},
-        "cross_k": {1: batch, 3: src_len},
-        "cross_v": {1: batch, 3: src_len},
-        "key_mask": {0: batch, 1: src_len},
-        "past_k": {1: batch, 3: cache},
-        "past_v": {1: batch, 3: cache},
-    }
-    dec_path = _export(
-        fmt, ProofreaderDecoderStep(model, transposed),
-        folder / f"proofreader_decoder_step{suffix}", dec_args, _DEC_IN, _DEC_OUT, dec_axes,
-        quantize_int8,
-    )
+    cross_axes = {"cross_k": {3: src_len}, "cross_v": {3: src_len}, "key_mask": {1: src_len}}
+    cache = ("past_len", 0 if onnx_fmt else 1, c.max_len - 1)  # ExecuTorch: never empty
+    dec_axes = {"tokens": {}, **cross_axes, "past_k": {3: cache}, "past_v": {3: cache}}
+    step = ProofreaderDecoderStep(model, onnx_fmt)
+    dec_file = folder / f"proofreader_decoder_step{suffix}"
+    if onnx_fmt:
+        batch_axis = {"tokens": 0, "key_mask": 0}  # the others: [L, B, ...]
+        dec_axes = {k: {**v, batch_axis.get(k, 1): batch} for k, v in dec_axes.items()}
+        dec_path = export_onnx(step, dec_file, dec_args, _DEC_IN, _DEC_OUT, dec_axes,
+                               quantize_int8)
+        return ProofreaderFiles(enc_path, dec_path)
+    first = ProofreaderFirstStep(step, c.bos_id)
+    dec_path = export_executorch_program({
+        FIRST_STEP_METHOD: ExecuTorchMethod(first, dec_args[2:5], _ENC_OUT, cross_axes),
+        "forward": ExecuTorchMethod(step, dec_args, _DEC_IN, dec_axes),
+    }, dec_file, quantize_int8)
     return ProofreaderFiles(enc_path, dec_path)
 
 
@@ -627,13 +743,25 @@ class ExportedProofreader:
     """Greedy decoding with an exported encoder and decoder step (ONNX or ExecuTorch).
 
     Args:
-        encoder, decoder: The files `export_proofreader` wrote (or their runners).
+        encoder, decoder: The files `export_proofreader` wrote (or runners of them).
         config: The model's `ProofreaderConfig` (special ids, max_len, layer and head counts).
+        first: The step at position 0 without a cache (see `ProofreaderFirstStep`); by default
+            an ExecuTorch decoder's `first` method, and None for ONNX, whose step takes the
+            empty cache itself.
+        max_batch: Messages per call; by default 1 for ExecuTorch files (exported for one
+            message), else unlimited. A larger batch is decoded in parts and joined.
     """
 
-    def __init__(self, encoder, decoder, config) -> None:
+    def __init__(self, encoder, decoder, config, first=None, max_batch: int | None = None):
         self.encoder = encoder if callable(encoder) else open_runner(encoder)
         self.decoder = decoder if callable(decoder) else open_runner(decoder)
+        executorch = isinstance(self.decoder, ExecuTorchRunner)
+        if first is None and executorch:
+            first = self.decoder.other(FIRST_STEP_METHOD)
+        self.first = first
+        self.max_batch = max_batch if max_batch is not None else (1 if executorch else None)
+        if self.max_batch is not None and self.max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {self.max_batch}")
         self.config = config
 
     def greedy(self, src_ids: Sequence[Sequence[int]], max_len: int | None = None) -> GreedyResult:
@@ -642,10 +770,25 @@ class ExportedProofreader:
         rows = [list(map(int, r)) for r in src_ids]
         if not rows:
             raise ValueError("src_ids is empty: nothing to decode")
-        limit = c.max_len if max_len is None else min(max_len, c.max_len)
         width = max(1, max(len(r) for r in rows))
         if width > c.max_len:
             raise ValueError(f"a source has {width} ids, max_len is {c.max_len}")
+        limit = c.max_len if max_len is None else min(max_len, c.max_len)
+        size = self.max_batch or len(rows)
+        parts = [self._greedy(rows[i : i + size], limit) for i in range(0, len(rows), size)]
+        if len(parts) == 1:
+            return parts[0]
+        steps = max(p.sequences.shape[1] for p in parts)  # PAD after EOS, as Proofreader pads
+        return GreedyResult(
+            np.concatenate([np.pad(p.sequences, ((0, 0), (0, steps - p.sequences.shape[1])),
+                                   constant_values=c.pad_id) for p in parts]),
+            np.concatenate([p.lengths for p in parts]),
+            np.concatenate([p.log_probs for p in parts]),
+        )
+
+    def _greedy(self, rows: list[list[int]], limit: int) -> GreedyResult:
+        c = self.config
+        width = max(1, max(len(r) for r in rows))
         b = len(rows)
         src = np.full((b, width), c.pad_id, dtype=np.int64)
         mask = np.zeros((b, width), dtype=bool)
@@ -662,10 +805,13 @@ class ExportedProofreader:
         log_probs = np.zeros(b, dtype=np.float32)
         out = []
         for t in range(limit):
-            position = np.array([t], dtype=np.int64)
-            logp, past_k, past_v = self.decoder(
-                tokens, position, cross_k, cross_v, key_mask, past_k, past_v
-            )
+            if t == 0 and self.first is not None:
+                logp, past_k, past_v = self.first(cross_k, cross_v, key_mask)
+            else:
+                position = np.array([t], dtype=np.int64)
+                logp, past_k, past_v = self.decoder(
+                    tokens, position, cross_k, cross_v, key_mask, past_k, past_v
+                )
             tokens = logp.argmax(axis=-1).astype(np.int64)
             best = logp[np.arange(b), tokens]
             tokens = np.where(finished, c.pad_id, tokens)
