@@ -44,15 +44,17 @@ def cmd_train_proofreader(args: argparse.Namespace) -> int:
             raise ValueError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     progress = sys.stderr.isatty() if args.progress is None else args.progress
-    summary = train_proofreader(config, Path(args.out), progress=progress)
+    summary = train_proofreader(config, Path(args.out), progress=progress,
+                                max_steps=args.max_steps)
     final = summary.get("final") or {}
     print(f"steps        {summary['steps']}\nparameters   {summary['parameters']:,}\n"
           f"checkpoint   {summary['checkpoint']}")
     for key in ("val_loss", "val_token_acc", "exact_match", "cer_before", "cer_after"):
         if key in final:
             print(f"{key:<12} {final[key]:.4f}")
-    print(f"kbsim train proofreader: wrote {args.out}/ (metrics.csv, checkpoints/, summary.json)",
-          file=sys.stderr)
+    state = "finished" if summary.get("finished", True) else "stopped (run again to resume)"
+    print(f"kbsim train proofreader: {state} at step {summary['steps']}; wrote {args.out}/ "
+          "(metrics.csv, tb/, checkpoints/)", file=sys.stderr)
     return 0
 
 
@@ -111,6 +113,8 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("config", metavar="CONFIG",
                    help="YAML/JSON config (see models/train_proofreader.py)")
     s.add_argument("--out", "-o", required=True, metavar="DIR", help="run folder")
+    s.add_argument("--max-steps", type=int, metavar="N",
+                   help="stop at step N (checkpointed); run again to go on")
     s.add_argument("--threads", type=int, metavar="N", help="torch CPU threads")
     s.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar on stderr (default: only on a terminal)")
