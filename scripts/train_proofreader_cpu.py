@@ -11,6 +11,13 @@ then applied unchanged to the test users.
 
 Pin to one core with --core (os.sched_setaffinity) when another long job shares the machine.
 Writes the run folder (see train_recipe) plus eval.json with every figure printed.
+
+Measured (`--minutes 30 --core 0`, the full default build, raw typists, a shared 2-core machine;
+1,500 evenly spaced early messages of each held-out split, beam 4): 5,767 steps, 596k pairs
+(7.4 noise rounds), val token accuracy 0.870; the guard tuned on val came out at the default
+(log 0.7, 0.02). CER val 0.0801 -> 0.0675, test 0.0895 -> 0.0778; exact match test 0.151 ->
+0.315; 0.9% of the test users' already-correct messages changed (val 2.6%). Without the guard:
+test CER 0.0827. Training 30.1 min, evaluation 2.2 min.
 """
 
 from __future__ import annotations
