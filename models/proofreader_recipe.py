@@ -43,6 +43,9 @@ import torch.nn.functional as F
 from data.record import derive_seed
 from models.proofreader import Proofreader, ProofreaderConfig, ProofreaderCorrector
 
+# The schedule and the weight-decay groups are train_proofreader's (same config fields).
+from models.train_proofreader import decay_groups, lr_at
+
 # A copy-friendly small model: 2 + 2 layers at width 160 (1,795,200 parameters with the
 # 2,000-piece table), no dropout: every epoch is a new noise draw and a CPU run sees fewer than
 # five, so there is little to overfit and dropout only slows learning. Longest pair: 96 pieces
@@ -270,24 +273,6 @@ def epoch_batches(pool: Mapping, data_seed: int, tokenizer, config: RecipeConfig
 # --------------------------------------------------------------------------- training
 
 
-def lr_at(step: int, config: RecipeConfig) -> float:
-    """Learning rate of optimizer step `step` (1-based): linear warmup, then cosine decay."""
-    if step <= config.warmup_steps:
-        return config.lr * step / max(config.warmup_steps, 1)
-    span = max(config.steps - config.warmup_steps, 1)
-    progress = min((step - config.warmup_steps) / span, 1.0)
-    low = config.lr * config.min_lr_ratio
-    return low + 0.5 * (config.lr - low) * (1 + math.cos(math.pi * progress))
-
-
-def _param_groups(model: Proofreader, weight_decay: float) -> list[dict]:
-    decay, rest = [], []
-    for name, p in model.named_parameters():
-        (decay if p.dim() == 2 and "pos" not in name else rest).append(p)
-    return [{"params": decay, "weight_decay": weight_decay},
-            {"params": rest, "weight_decay": 0.0}]
-
-
 def _loss(model: Proofreader, src, mask, tgt, smoothing: float):
     logits = model(src, tgt[:, :-1], mask)
     out = tgt[:, 1:]
@@ -354,14 +339,16 @@ def train_recipe(config: RecipeConfig, data_dir: str | Path, out_dir: str | Path
 
     model = Proofreader(model_cfg)
     model.reset_parameters(torch.Generator().manual_seed(derive_seed(config.seed, "init")))
-    optimizer = torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.lr,
+    optimizer = torch.optim.AdamW(decay_groups(model, config.weight_decay), lr=config.lr,
                                   betas=config.betas)
     started = time.perf_counter()
     step, epoch = 0, 0
     window, window_n, seen = 0.0, 0, 0
     last: dict = {}
     with torch.random.fork_rng(devices=[]), open(out / "metrics.jsonl", "w") as metrics:
-        torch.manual_seed(derive_seed(config.seed, "dropout"))
+        # Dropout draws from torch's default generator: seed it inside the fork, which gives
+        # the caller's state back afterwards (as train_proofreader does).
+        torch.default_generator.manual_seed(derive_seed(config.seed, "dropout"))
         while step < config.steps:
             t0 = time.perf_counter()
             encoded, batches, counts = epoch_batches(pool, data.config.seed, tokenizer, config,

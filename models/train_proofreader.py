@@ -298,7 +298,7 @@ def _flat_pairs(by_client: Mapping[str, Sequence]) -> list[tuple[str, str]]:
     return [(p.noisy, p.clean) for c in sorted(by_client) for p in by_client[c]]
 
 
-def _param_groups(model: Proofreader, weight_decay: float) -> list[dict]:
+def decay_groups(model: Proofreader, weight_decay: float) -> list[dict]:
     # Decay matrices only (as nanoGPT): not biases, norms or position tables.
     decay, rest = [], []
     for name, p in model.named_parameters():
@@ -541,7 +541,7 @@ def train_proofreader(config: ProofreaderTrainConfig, out_dir: str | Path,
         model = Proofreader(model_cfg)
         model.reset_parameters(torch.Generator().manual_seed(derive_seed(config.seed, "init")))
         model.to(dev)
-        optimizer = torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.lr,
+        optimizer = torch.optim.AdamW(decay_groups(model, config.weight_decay), lr=config.lr,
                                       betas=config.betas)
         step, resumed_from, elapsed = 0, None, 0.0
         window_loss, window_n = 0.0, 0
