@@ -244,25 +244,34 @@ class DataConfig:
     def load(cls, path: str | Path) -> DataConfig:
         """Reads a YAML (.yaml/.yml) or JSON config; a section may also sit under `data:`."""
         path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            raise ConfigError(f"{path}: cannot read ({e})") from None
-        try:
-            if path.suffix in (".yaml", ".yml"):
-                import yaml
-
-                d = yaml.safe_load(text) or {}
-            else:
-                d = json.loads(text)
-        except Exception as e:  # yaml.YAMLError, json.JSONDecodeError
-            raise ConfigError(f"{path}: not valid {path.suffix[1:] or 'JSON'} ({e})") from None
-        if isinstance(d, dict) and set(d) == {"data"}:
-            d = d["data"]
+        d = read_config_file(path, "data")
         try:
             return cls.from_dict(d, base_dir=path.parent)
         except ConfigError as e:
             raise ConfigError(f"{path}: {e}") from None
+
+
+def read_config_file(path: str | Path, section: str) -> Any:
+    """The mapping in a YAML (.yaml/.yml) or JSON config file; when its only key is `section`
+    (e.g. `data:`), what is under it. Unreadable or invalid files raise `ConfigError` naming
+    the file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read ({e})") from None
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            d = yaml.safe_load(text) or {}
+        else:
+            d = json.loads(text)
+    except Exception as e:  # yaml.YAMLError, json.JSONDecodeError
+        raise ConfigError(f"{path}: not valid {path.suffix[1:] or 'JSON'} ({e})") from None
+    if isinstance(d, dict) and set(d) == {section}:
+        d = d[section]
+    return d
 
 
 _SECTIONS = {"corpus": CorpusConfig, "clean": CleanConfig, "clients": ClientsConfig,

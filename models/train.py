@@ -45,7 +45,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from data.config import ConfigError
+from data.config import ConfigError, read_config_file
 from data.record import derive_seed
 from models.checkpoint import (
     CheckpointError,
@@ -193,21 +193,7 @@ class NWPTrainConfig:
     def load(cls, path: str | os.PathLike) -> NWPTrainConfig:
         """Reads a YAML (.yaml/.yml) or JSON config; the fields may also sit under `train:`."""
         path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            raise ConfigError(f"{path}: cannot read ({e})") from None
-        try:
-            if path.suffix in (".yaml", ".yml"):
-                import yaml
-
-                d = yaml.safe_load(text) or {}
-            else:
-                d = json.loads(text)
-        except Exception as e:  # yaml.YAMLError, json.JSONDecodeError
-            raise ConfigError(f"{path}: not valid {path.suffix[1:] or 'JSON'} ({e})") from None
-        if isinstance(d, dict) and set(d) == {"train"}:
-            d = d["train"]
+        d = read_config_file(path, "train")
         try:
             return cls.from_dict(d, base_dir=path.parent)
         except ConfigError as e:
