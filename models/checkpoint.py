@@ -6,6 +6,8 @@ A checkpoint is one folder, written whole or not at all:
     optimizer.safetensors   every tensor of optimizer.state_dict() (moments, step counts), keyed
                             "state/<param index>/<name>" and "param_groups/<group>/<name>"
     rng.safetensors         torch.Generator states (uint8 tensors), keyed by the caller's names
+    tensors.safetensors     (instead of the above, `save_tensors`) named tensors of state that
+                            is not a module, e.g. a federated server's flat weights
     meta.json               format, kbsim version, the caller's state (config, step, epoch,
                             position in the epoch, metrics), the optimizer's non-tensor parts
                             (param_groups, python-number state), numpy Generator states, and
@@ -48,6 +50,7 @@ META = "meta.json"
 MODEL_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
 RNG_FILE = "rng.safetensors"
+TENSORS_FILE = "tensors.safetensors"
 STEP_DIR = re.compile(r"^step-(\d{8,})$")
 
 # torch optimizers whose per-parameter state tensors (moments, momentum buffers) all have the
@@ -124,6 +127,52 @@ def save_checkpoint(
     files[META] = (json.dumps(meta, indent=1, sort_keys=True) + "\n").encode("utf-8")
     _write_dir_atomically(directory, files)
     return directory
+
+
+def save_tensors(
+    directory: str | os.PathLike,
+    tensors: Mapping[str, torch.Tensor],
+    state: Mapping[str, Any] | None = None,
+) -> Path:
+    """Writes named tensors and a JSON state as a checkpoint folder, atomically.
+
+    For state that is not an `nn.Module` (a federated server's flat weights and optimizer
+    moments). Same folder format, checks and atomicity as `save_checkpoint`; the tensors go to
+    tensors.safetensors. Read back with `load_tensors`.
+
+    Raises:
+        CheckpointError: `state` is not JSON-able, or a value is not a tensor.
+    """
+    directory = Path(directory)
+    for name, t in tensors.items():
+        if not isinstance(t, torch.Tensor):
+            raise CheckpointError(f"{directory}: {name!r} is a {type(t).__name__}, not a tensor")
+    data = st_save({k: t.detach().contiguous() for k, t in tensors.items()},
+                   metadata={"format": "pt"})
+    meta: dict[str, Any] = {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "kbsim_version": _kbsim_version(),
+        "torch_version": torch.__version__,
+        "state": _json_checked(dict(state or {}), f"{directory}: state"),
+        "model": {"class": None, "aliases": {}}, "optimizer": None,
+        "rng": {"torch": [], "numpy": {}},
+        "files": {TENSORS_FILE: {"bytes": len(data),
+                                 "sha256": hashlib.sha256(data).hexdigest()}},
+    }
+    files = {TENSORS_FILE: data,
+             META: (json.dumps(meta, indent=1, sort_keys=True) + "\n").encode("utf-8")}
+    _write_dir_atomically(directory, files)
+    return directory
+
+
+def load_tensors(directory: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
+    """(tensors, state) of a folder written by `save_tensors`, every file checked first.
+
+    Raises:
+        CheckpointError: A file is missing, truncated or corrupt (named).
+    """
+    directory = Path(directory)
+    meta = read_meta(directory)
+    return _read_tensors(directory, TENSORS_FILE, meta), meta["state"]
 
 
 def _kbsim_version() -> str:
@@ -500,6 +549,13 @@ def save_step_checkpoint(
     one run writes to a checkpoint root at a time.
     """
     path = save_checkpoint(step_dir(root, step), model, optimizer, state, generators=generators)
+    prune_checkpoints(root, keep)
+    return path
+
+
+def prune_checkpoints(root: str | os.PathLike, keep: int | None = None) -> None:
+    """Removes what interrupted saves left under `root` (their temporary folders) and, with
+    `keep`, all but the newest `keep` checkpoints. One run writes to a root at a time."""
     root = Path(root)
     for p in root.iterdir():
         if p.is_dir() and (p.name.startswith(".tmp-step-") or p.name.startswith(".old-step-")):
@@ -509,4 +565,3 @@ def save_step_checkpoint(
             raise ValueError(f"keep must be >= 1, got {keep}")
         for _, old in list_checkpoints(root)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
-    return path

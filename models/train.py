@@ -266,14 +266,17 @@ class MetricsLog:
     Args:
         path: The CSV file.
         keep_until: On opening, drop the rows after this step (those a stopped run wrote after
-            its last checkpoint) and any torn last line; None drops all.
+            its last checkpoint) and any torn last line; None drops all. The first column
+            holds the step (or round).
+        columns: The CSV's columns (default: `metric_columns()`, this module's).
     """
 
-    def __init__(self, path: Path, keep_until: int | None) -> None:
+    def __init__(self, path: Path, keep_until: int | None,
+                 columns: list[str] | None = None) -> None:
         from keyboard_sim.io import atomic_write_text
 
         self.path = path
-        self.columns = metric_columns()
+        self.columns = list(columns) if columns is not None else metric_columns()
         header = ",".join(self.columns)
         kept = []
         if path.exists() and keep_until is not None:
@@ -425,7 +428,7 @@ def train_nwp(config: NWPTrainConfig, out_dir: str | os.PathLike, progress: bool
         atomic_write_text(out / CONFIG_JSON,
                           json.dumps(config.to_dict(), indent=1, sort_keys=True) + "\n")
         log = MetricsLog(out / METRICS_CSV, keep_until=step)
-        writer = _summary_writer(out / "tb", purge_step=step + 1)
+        writer = summary_writer(out / "tb", purge_step=step + 1)
         bar = _bar(progress, total, step)
         checkpoint = latest
         try:
@@ -499,7 +502,9 @@ def _train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Ten
     return float(loss.detach())
 
 
-def _summary_writer(path: Path, purge_step: int):
+def summary_writer(path: Path, purge_step: int):
+    """A TensorBoard writer for a run folder that may be resumed: events of steps >=
+    `purge_step` that a stopped run logged are hidden, and the new file sorts after the old."""
     from torch.utils.tensorboard import SummaryWriter
 
     # TensorBoard reads a folder's event files in name order, and a name starts with the second

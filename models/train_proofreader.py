@@ -61,6 +61,7 @@ from models.checkpoint import (
     save_step_checkpoint,
 )
 from models.proofreader import Proofreader, ProofreaderConfig, ProofreaderCorrector, strip_ids
+from models.train import summary_writer
 
 
 @dataclass(frozen=True)
@@ -451,21 +452,6 @@ class _MetricsCsv:
             os.fsync(f.fileno())
 
 
-def _summary_writer(path: Path, purge_step: int):
-    from torch.utils.tensorboard import SummaryWriter
-
-    # TensorBoard reads a folder's event files in name order, and a name starts with the second
-    # it was opened ("events.out.tfevents.<seconds>.<host>..."): a resumed run opened in the
-    # same second as the stopped one could sort before it. Wait for the next second then.
-    opened = [int(p.name.split(".")[3]) for p in path.glob("events.out.tfevents.*")
-              if len(p.name.split(".")) > 3 and p.name.split(".")[3].isdigit()]
-    while opened and int(time.time()) <= max(opened):
-        time.sleep(0.05)
-    # purge_step: TensorBoard hides the events of steps >= it that older files hold (those a
-    # stopped run logged after the checkpoint this run resumes from).
-    return SummaryWriter(str(path), purge_step=purge_step)
-
-
 def train_proofreader(config: ProofreaderTrainConfig, out_dir: str | Path,
                       progress: bool = False, *, max_steps: int | None = None) -> dict:
     """Trains a proofreader (see the module docstring); returns the run's summary.
@@ -555,7 +541,7 @@ def train_proofreader(config: ProofreaderTrainConfig, out_dir: str | Path,
             last, elapsed = dict(saved["metrics"]), float(saved["seconds"])
         started = time.perf_counter() - elapsed
         log = _MetricsCsv(out / "metrics.csv", keep_until=step if checkpoint else None)
-        tb = _summary_writer(out / "tb", purge_step=step + 1)
+        tb = summary_writer(out / "tb", purge_step=step + 1)
         try:
             while step < stop:
                 epoch, position = divmod(step, per_epoch)

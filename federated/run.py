@@ -1,0 +1,354 @@
+"""A federated training run on a built dataset's users: rounds, logs, evaluation, checkpoints.
+
+    config = FederatedConfig.load("configs/federated.yaml")
+    summary = run_federated(config, "runs/fed")      # run again on the same folder to resume
+
+Each training user (early messages of the `train` split of a `kbsim data build` folder) is a
+client holding its own next-word examples. Round r samples a cohort (`federated.sampling`,
+seeded by (seed, round)), the reporting clients train and send updates, the server chain and
+optimizer make the next model (`federated.fedavg`), and the privacy ledger records the round
+(`federated.accounting`). The run folder:
+
+    config.json                   the config as run
+    metrics.csv                   one row per round: cohort (sampled, reporting, dropped),
+                                  training loss, update norms, the chain's metrics, epsilon
+    eval.csv                      one row per evaluation on the held-out users (NWPMetrics)
+    tb/                           both as TensorBoard scalars
+    checkpoints/step-NNNNNNNN/    server state after round NNNNNNNN (models.checkpoint
+                                  save_tensors: weights, optimizer moments; JSON: stage states,
+                                  privacy ledger, round)
+    summary.json                  written when the run finishes
+
+Resume is exact: everything a round does is a function of the server state and (seed, round),
+so a run killed at any point and started again on its folder continues from its newest
+checkpoint and ends with the same weights as a run that never stopped. Log rows written after
+that checkpoint are dropped.
+
+With torchrun the cohort is split across ranks (`federated.distributed`); only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from data.record import derive_seed
+from federated.accounting import PrivacyLedger
+from federated.chain import Aggregate, run_server
+from federated.client import ClientDataset
+from federated.config import RESUMABLE_CHANGES, FederatedConfig
+from federated.distributed import Group, group_from_env
+from federated.fedavg import FedAvg, FedAvgConfig, ServerState
+from federated.sampling import sample_round, sampling_probability
+from models.checkpoint import (
+    latest_checkpoint,
+    load_tensors,
+    prune_checkpoints,
+    save_tensors,
+    step_dir,
+)
+from models.train import MetricsLog, TrainError, summary_writer
+
+METRICS_CSV = "metrics.csv"
+EVAL_CSV = "eval.csv"
+SUMMARY_JSON = "summary.json"
+CONFIG_JSON = "config.json"
+ROUND_COLUMNS = ["round", "sampled", "reporting", "dropped", "clients", "train_loss",
+                 "train_tokens", "train_examples", "client_steps", "update_norm",
+                 "server_update_norm", "epsilon", "seconds"]
+
+
+class FederatedError(TrainError):
+    """A federated run that cannot start or go on: the message says why."""
+
+
+def round_seed(seed: int, round: int) -> int:
+    """The seed of everything random in `round` (fedjax derives it from (seed, round) too)."""
+    return derive_seed(seed, "federated", "round", round)
+
+
+def build_stages(config: FederatedConfig, num_clients: int) -> list:
+    """The server chain the config asks for: [GaussianDP][, SecAgg]."""
+    stages = []
+    if config.dp is not None:
+        from federated.dp import GaussianDP
+
+        dp = config.dp
+        s = config.sampling
+        expected = s.cohort_size if s.kind == "uniform" else s.rate * num_clients
+        stages.append(GaussianDP(noise_multiplier=dp.noise_multiplier, expected_clients=expected,
+                                 clip_norm=dp.clip_norm, target_quantile=dp.target_quantile,
+                                 clip_learning_rate=dp.clip_learning_rate,
+                                 count_noise_std=dp.count_noise_std))
+    if config.secagg is not None:
+        from federated.secagg import SecAgg
+
+        sa = config.secagg
+        stages.append(SecAgg(bound=sa.bound, bits=sa.bits, modulus_bits=sa.modulus_bits))
+    return stages
+
+
+def _model(config: FederatedConfig, vocab_size: int) -> tuple[torch.nn.Module, dict]:
+    from models.lm import build_lm, lm_config_from_dict
+
+    mc = dict(config.model_config)
+    given = mc.setdefault("vocab_size", vocab_size)
+    if given != vocab_size:
+        raise FederatedError(f"model_config.vocab_size is {given}, the dataset's vocabulary "
+                             f"has {vocab_size} ids: leave it out or make it match")
+    try:
+        full = lm_config_from_dict(config.model, mc)
+    except ValueError as e:
+        raise FederatedError(f"model_config: {e}") from None
+    if getattr(full, "dropout", 0.0):
+        raise FederatedError("federated training needs a dropout-free model (dropout: 0)")
+    if getattr(full, "max_len", config.seq_len) < config.seq_len:
+        raise FederatedError(f"seq_len {config.seq_len} exceeds the model's max_len")
+    init = torch.Generator().manual_seed(derive_seed(config.seed, "federated", "init"))
+    return build_lm(config.model, full.to_dict(), generator=init), full.to_dict()
+
+
+def _metric_names(algo: FedAvg, state: ServerState) -> list[str]:
+    """The chain's server metrics, found by running it once on an empty aggregate."""
+    gens = [torch.Generator().manual_seed(0) for _ in algo.stages]
+    agg = Aggregate.zeros(algo.layout.numel, algo.stat_names)
+    return sorted(run_server(algo.stages, agg, state.stage_states, gens)[2])
+
+
+def _state_tensors(state: ServerState) -> dict[str, torch.Tensor]:
+    return {"params": state.params, **{f"opt/{k}": v for k, v in state.opt_state.items()}}
+
+
+def _state_from(tensors: dict[str, torch.Tensor], saved: dict) -> ServerState:
+    opt = {k[4:]: v for k, v in tensors.items() if k.startswith("opt/")}
+    return ServerState(int(saved["round"]), tensors["params"], opt,
+                       tuple(dict(s) for s in saved["stage_states"]))
+
+
+def _fingerprint(root: Path) -> str:
+    return hashlib.sha256((root / "manifest.json").read_bytes()).hexdigest()
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, params: torch.Tensor, algo: FedAvg, dataset,
+             batch_size: int, group: Group) -> dict:
+    """`NWPMetrics` of the server's weights on `dataset`, sharded over ranks and merged."""
+    from models.nwp import NWPMetrics
+
+    algo.layout.load(model, params)
+    model.eval()
+    total = NWPMetrics()
+    n = len(dataset)
+    idx = torch.arange(n)
+    mine = idx[group.rank::group.world]
+    for start in range(0, len(mine), batch_size):
+        x, y = dataset[mine[start:start + batch_size]]
+        total = total + NWPMetrics.of(model(x), y)
+    # Merge the raw sums over ranks (to_dict holds derived rates, which do not add).
+    raw = [total.tokens, total.loss_sum, total.top1_all, total.top3_all, total.words,
+           total.top1, total.top3]
+    s = group.all_reduce_sum(raw)
+    merged = NWPMetrics(int(round(s[0])), s[1], *(int(round(v)) for v in s[2:]))
+    return merged.to_dict()
+
+
+class _Pooled:
+    """Every held-out example as two tensors (x, y), indexable by an index tensor."""
+
+    def __init__(self, datasets: dict) -> None:
+        seqs = [d.sequences for d in datasets.values()]
+        self.sequences = torch.cat(seqs) if seqs else torch.zeros(0, 2, dtype=torch.int64)
+
+    def __len__(self) -> int:
+        return self.sequences.shape[0]
+
+    def __getitem__(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = self.sequences[idx]
+        return rows[:, :-1], rows[:, 1:]
+
+
+def run_federated(config: FederatedConfig, out_dir: str | Path, progress: bool = False, *,
+                  max_rounds: int | None = None, group: Group | None = None) -> dict:
+    """Runs (or resumes) a federated training run; see the module docstring.
+
+    Args:
+        config: The run.
+        out_dir: The run folder (created if missing).
+        progress: A tqdm bar over rounds on stderr (rank 0).
+        max_rounds: Stop after this many rounds in all (checkpointing there); running again
+            goes on to `config.rounds`.
+        group: The torch.distributed group; default from the environment (torchrun).
+
+    Returns:
+        A summary: out_dir, round, rounds, finished, resumed_from, parameters, clients,
+        eval (the last evaluation), epsilon, delta, seconds, seconds_per_round.
+
+    Raises:
+        FederatedError: Inconsistent settings, or `out_dir` holds another run's checkpoint.
+        models.checkpoint.CheckpointError: The checkpoint to resume is corrupt.
+        data.store.StoreError: The dataset folder is missing, unfinished or altered.
+    """
+    from data.built import BuiltDataset
+    from keyboard_sim.io import atomic_write_text
+
+    started = time.perf_counter()
+    group = group or group_from_env()
+    out = Path(out_dir)
+    ckpt_root = out / "checkpoints"
+
+    ds = BuiltDataset(config.data)
+    vocab = ds.vocab()
+    model, model_config = _model(config, len(vocab))
+    train = {cid: ClientDataset.from_dataset(cid, d) for cid, d in
+             ds.next_word_datasets("train", "early", config.seq_len).items() if len(d)}
+    held_out = _Pooled(ds.next_word_datasets(config.eval_split, None, config.seq_len))
+    if not train or not len(held_out):
+        which = "train (early)" if not train else config.eval_split
+        raise FederatedError(f"{config.data}: no {which} messages to train or evaluate on")
+    ids = sorted(train)
+    stages = build_stages(config, len(ids))
+    algo = FedAvg(model, FedAvgConfig(config.client, config.server, config.weighting,
+                                      config.engine, config.vmap_chunk), stages)
+    q = sampling_probability(config.sampling, len(ids))
+    ledger = PrivacyLedger(config.dp.accountant) if config.dp is not None else None
+    fingerprint = _fingerprint(Path(config.data))
+
+    state = algo.init(algo.layout.vector(model))
+    resumed_from, last_eval = None, None
+    latest = latest_checkpoint(ckpt_root)
+    if latest is not None:
+        tensors, saved = load_tensors(latest)
+        _same_run(saved.get("config", {}), config, latest)
+        if saved.get("dataset") != fingerprint:
+            raise FederatedError(f"{latest}: the checkpoint was trained on another build of "
+                                 f"{config.data} (its manifest changed)")
+        state = _state_from(tensors, saved)
+        resumed_from = state.round
+        last_eval = saved.get("eval")
+        if ledger is not None:
+            ledger = PrivacyLedger.from_dict(saved["ledger"])
+    stop = min(config.rounds, max_rounds) if max_rounds is not None else config.rounds
+
+    metric_names = _metric_names(algo, state)
+    from models.nwp import NWPMetrics
+
+    eval_columns = ["round", *NWPMetrics().to_dict()]
+    columns = [*ROUND_COLUMNS, *metric_names]
+    log = eval_log = writer = None
+    if group.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / CONFIG_JSON,
+                          json.dumps(config.to_dict(), indent=1, sort_keys=True) + "\n")
+        log = MetricsLog(out / METRICS_CSV, keep_until=state.round, columns=columns)
+        eval_log = MetricsLog(out / EVAL_CSV, keep_until=state.round, columns=eval_columns)
+        writer = summary_writer(out / "tb", purge_step=state.round + 1)
+    from tqdm import tqdm
+
+    bar = tqdm(total=config.rounds, initial=state.round, disable=not (progress and group.is_main),
+               desc="federated", unit="round", dynamic_ncols=True)
+    checkpoint = latest
+    round_seconds = []
+    try:
+        while state.round < stop:
+            t0 = time.perf_counter()
+            r = state.round
+            seed = round_seed(config.seed, r)
+            cohort = sample_round(ids, config.sampling, config.seed, r)
+            mine = [train[c] for c in group.shard(cohort.reporting)]
+            state, m = algo.apply(state, mine, seed,
+                                  reduce=lambda a: group.all_reduce_aggregate(a, algo.stat_names))
+            epsilon = math.nan
+            if ledger is not None:
+                ledger = ledger.add(config.dp.noise_multiplier, q)
+                epsilon = ledger.epsilon(config.dp.delta)
+            seconds = time.perf_counter() - t0
+            round_seconds.append(seconds)
+            row = {"round": state.round, "sampled": len(cohort.sampled),
+                   "reporting": len(cohort.reporting), "dropped": len(cohort.dropped),
+                   **m, "epsilon": epsilon, "seconds": seconds}
+            row.update({k: m.get(k, math.nan) for k in metric_names})
+            evaluated = state.round == config.rounds or (
+                config.eval_every and state.round % config.eval_every == 0)
+            if evaluated:
+                last_eval = evaluate(model, state.params, algo, held_out,
+                                     config.eval_batch_size, group)
+            if group.is_main:
+                log.append(row)
+                for k in columns[1:]:
+                    writer.add_scalar(f"round/{k}", row[k], state.round)
+                if evaluated:
+                    eval_log.append({"round": state.round, **last_eval})
+                    for k, v in last_eval.items():
+                        writer.add_scalar(f"{config.eval_split}/{k}", v, state.round)
+                writer.flush()
+            bar.update(1)
+            bar.set_postfix(loss=f"{m['train_loss']:.3f}",
+                            **({"eps": f"{epsilon:.2f}"} if ledger is not None else {}))
+            if state.round == stop or state.round % config.checkpoint_every == 0:
+                saved = {"config": config.to_dict(), "dataset": fingerprint,
+                         "model_kind": config.model, "model_config": model_config,
+                         "round": state.round, "stage_states": list(state.stage_states),
+                         "ledger": ledger.to_dict() if ledger is not None else None,
+                         "eval": last_eval}
+                checkpoint = step_dir(ckpt_root, state.round)
+                if group.is_main:
+                    save_tensors(checkpoint, _state_tensors(state), saved)
+                    prune_checkpoints(ckpt_root, config.keep_checkpoints)
+                group.barrier()
+    finally:
+        bar.close()
+        if writer is not None:
+            writer.close()
+
+    algo.layout.load(model, state.params)
+    summary = {
+        "out_dir": str(out), "round": state.round, "rounds": config.rounds,
+        "finished": state.round >= config.rounds, "resumed_from": resumed_from,
+        "parameters": algo.layout.numel, "clients": len(ids), "eval": last_eval,
+        "epsilon": ledger.epsilon(config.dp.delta) if ledger is not None and ledger.events
+        else None,
+        "delta": config.dp.delta if config.dp is not None else None,
+        "checkpoint": str(checkpoint) if checkpoint is not None else None,
+        "seconds": time.perf_counter() - started,
+        "seconds_per_round": (sum(round_seconds) / len(round_seconds) if round_seconds
+                              else None),
+        "world_size": group.world, "rank": group.rank,
+    }
+    if group.is_main and state.round >= config.rounds:
+        atomic_write_text(out / SUMMARY_JSON, json.dumps(summary, indent=1) + "\n")
+    return summary
+
+
+def _same_run(saved: dict, config: FederatedConfig, where: Path) -> None:
+    now = json.loads(json.dumps(config.to_dict()))  # tuples as the saved JSON lists
+    differ = sorted(k for k in set(saved) | set(now)
+                    if k not in RESUMABLE_CHANGES and saved.get(k) != now.get(k))
+    if differ:
+        raise FederatedError(f"{where}: the checkpoint is of a run with other settings "
+                             f"({', '.join(differ)}); use a new --out folder or the same config")
+
+
+def load_federated_model(path: str | Path) -> torch.nn.Module:
+    """The global model of a federated run folder (its newest checkpoint) or of one checkpoint
+    folder, in eval mode on the CPU."""
+    from models.checkpoint import CheckpointError
+    from models.lm import build_lm
+
+    path = Path(path)
+    ckpt = latest_checkpoint(path / "checkpoints") or path
+    tensors, saved = load_tensors(ckpt)
+    if "model_kind" not in saved or "params" not in tensors:
+        raise CheckpointError(f"{ckpt}: not a federated run checkpoint")
+    model = build_lm(saved["model_kind"], saved["model_config"], generator=torch.Generator())
+    from federated.params import ParamLayout
+
+    layout = ParamLayout.of(model)
+    if tensors["params"].shape != (layout.numel,):
+        raise CheckpointError(f"{ckpt}: weights do not match the model config")
+    layout.load(model, tensors["params"])
+    return model.eval()
