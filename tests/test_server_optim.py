@@ -191,3 +191,18 @@ def test_apply_errors():
         apply(adam, init(adam, torch.zeros(2)), x, torch.zeros(3))
     with pytest.raises(ServerOptimizerError, match="1-D floating"):
         apply(adam, state, torch.zeros(3, dtype=torch.int64), torch.zeros(3))
+
+
+@pytest.mark.parametrize("kind", SERVER_OPTIMIZERS)
+def test_state_survives_safetensors_round_trip(kind):
+    from safetensors.torch import load, save
+
+    config = ServerOptimizerConfig(kind=kind, lr=0.1)
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(20, generator=g)
+    d1, d2 = torch.randn(20, generator=g), torch.randn(20, generator=g)
+    x1, state = apply(config, init(config, x), x, d1)
+    straight, _ = apply(config, state, x1, d2)
+    resumed, state2 = apply(config, load(save(state)), x1, d2)
+    assert torch.equal(resumed, straight)
+    assert int(state2["step"]) == 2
