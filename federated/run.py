@@ -58,7 +58,7 @@ METRICS_CSV = "metrics.csv"
 EVAL_CSV = "eval.csv"
 SUMMARY_JSON = "summary.json"
 CONFIG_JSON = "config.json"
-ROUND_COLUMNS = ["round", "sampled", "reporting", "dropped", "clients", "train_loss",
+ROUND_COLUMNS = ["round", "sampled", "reporting", "dropped", "not_needed", "clients", "train_loss",
                  "train_tokens", "train_examples", "client_steps", "update_norm",
                  "server_update_norm", "epsilon", "seconds"]
 
@@ -262,18 +262,22 @@ def run_federated(config: FederatedConfig, out_dir: str | Path, progress: bool =
             mine = [train[c] for c in group.shard(cohort.reporting)]
             state, m = algo.apply(state, mine, seed,
                                   reduce=lambda a: group.all_reduce_aggregate(a, algo.stat_names))
+            evaluated = state.round == config.rounds or (
+                config.eval_every and state.round % config.eval_every == 0)
+            checkpointed = state.round == stop or state.round % config.checkpoint_every == 0
             epsilon = math.nan
             if ledger is not None:
                 ledger = ledger.add(config.dp.noise_multiplier, q)
-                epsilon = ledger.epsilon(config.dp.delta)
+                # RDP takes ~50 ms; PLD up to seconds, so it is computed when logged at length.
+                if config.dp.accountant == "rdp" or evaluated or checkpointed:
+                    epsilon = ledger.epsilon(config.dp.delta)
             seconds = time.perf_counter() - t0
             round_seconds.append(seconds)
             row = {"round": state.round, "sampled": len(cohort.sampled),
                    "reporting": len(cohort.reporting), "dropped": len(cohort.dropped),
+                   "not_needed": len(cohort.not_needed),
                    **m, "epsilon": epsilon, "seconds": seconds}
             row.update({k: m.get(k, math.nan) for k in metric_names})
-            evaluated = state.round == config.rounds or (
-                config.eval_every and state.round % config.eval_every == 0)
             if evaluated:
                 last_eval = evaluate(model, state.params, algo, held_out,
                                      config.eval_batch_size, group)
@@ -289,7 +293,7 @@ def run_federated(config: FederatedConfig, out_dir: str | Path, progress: bool =
             bar.update(1)
             bar.set_postfix(loss=f"{m['train_loss']:.3f}",
                             **({"eps": f"{epsilon:.2f}"} if ledger is not None else {}))
-            if state.round == stop or state.round % config.checkpoint_every == 0:
+            if checkpointed:
                 saved = {"config": config.to_dict(), "dataset": fingerprint,
                          "model_kind": config.model, "model_config": model_config,
                          "round": state.round, "stage_states": list(state.stage_states),
