@@ -59,9 +59,9 @@ class Group:
             return agg
         import torch.distributed as dist
 
-        packed = agg.pack(stat_names)
+        packed = _to_backend(agg.pack(stat_names))
         dist.all_reduce(packed, op=dist.ReduceOp.SUM)
-        return Aggregate.unpack(packed, stat_names)
+        return Aggregate.unpack(packed.cpu(), stat_names)
 
     def all_reduce_sum(self, values: Sequence[float]) -> list[float]:
         """Element-wise sums of a list of numbers over ranks (float64)."""
@@ -69,9 +69,9 @@ class Group:
             return list(values)
         import torch.distributed as dist
 
-        t = torch.tensor(list(values), dtype=torch.float64)
+        t = _to_backend(torch.tensor(list(values), dtype=torch.float64))
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
-        return t.tolist()
+        return t.cpu().tolist()
 
     def barrier(self) -> None:
         if self.world > 1:
@@ -90,6 +90,15 @@ class Group:
         return box[0]
 
 
+def _to_backend(t: torch.Tensor) -> torch.Tensor:
+    """NCCL all-reduces GPU tensors only; gloo takes CPU tensors."""
+    import torch.distributed as dist
+
+    if dist.get_backend() == "nccl":
+        return t.cuda(torch.cuda.current_device())
+    return t
+
+
 def group_from_env(backend: str | None = None) -> Group:
     """Joins the torch.distributed job described by the environment (torchrun's RANK and
     WORLD_SIZE), or returns the single-process group when there is none.
@@ -103,5 +112,7 @@ def group_from_env(backend: str | None = None) -> Group:
     import torch.distributed as dist
 
     if not dist.is_initialized():
+        if backend == "nccl":  # one GPU per process, by its rank on this machine
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(backend=backend or "gloo")
     return Group(dist.get_rank(), dist.get_world_size())
