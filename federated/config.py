@@ -36,6 +36,9 @@ class DPConfig:
 
     Attributes:
         noise_multiplier: z, the noise std over the clipping norm; the accountant gets z.
+        target_epsilon: Instead of z: the run's privacy budget; z is then the smallest that
+            keeps all `rounds` rounds within it at `delta`
+            (`federated.accounting.noise_multiplier_for_epsilon`). Give one of the two.
         clip_norm: The L2 clipping norm C (the initial one when adaptive).
         target_quantile: Adaptive quantile clipping (Andrew et al. 2021) toward this quantile
             of the update norms; None keeps C fixed.
@@ -46,7 +49,8 @@ class DPConfig:
         accountant: "rdp" or "pld" (Google's dp-accounting).
     """
 
-    noise_multiplier: float
+    noise_multiplier: float | None = None
+    target_epsilon: float | None = None
     clip_norm: float = 1.0
     target_quantile: float | None = None
     clip_learning_rate: float = 0.2
@@ -55,8 +59,14 @@ class DPConfig:
     accountant: str = "rdp"
 
     def __post_init__(self) -> None:
-        for name in ("noise_multiplier", "clip_norm", "clip_learning_rate", "delta"):
-            _check_float(name, getattr(self, name), positive=name in ("clip_norm", "delta"))
+        if (self.noise_multiplier is None) == (self.target_epsilon is None):
+            raise ConfigError("dp needs one of noise_multiplier and target_epsilon, "
+                              f"got {self.noise_multiplier!r} and {self.target_epsilon!r}")
+        for name in ("noise_multiplier", "target_epsilon", "clip_norm", "clip_learning_rate",
+                     "delta"):
+            if getattr(self, name) is not None:
+                _check_float(name, getattr(self, name),
+                             positive=name in ("clip_norm", "delta", "target_epsilon"))
         if not self.delta < 1:
             raise ConfigError(f"dp.delta must be < 1, got {self.delta}")
         if self.accountant not in ACCOUNTANTS:

@@ -72,6 +72,19 @@ def round_seed(seed: int, round: int) -> int:
     return derive_seed(seed, "federated", "round", round)
 
 
+def noise_multiplier(config: FederatedConfig, num_clients: int) -> float:
+    """The DP noise multiplier z of a run: given, or the smallest that keeps its rounds within
+    `dp.target_epsilon` at `dp.delta`."""
+    dp = config.dp
+    if dp.noise_multiplier is not None:
+        return dp.noise_multiplier
+    from federated.accounting import noise_multiplier_for_epsilon
+
+    q = sampling_probability(config.sampling, num_clients)
+    return noise_multiplier_for_epsilon(dp.target_epsilon, q, config.rounds, dp.delta,
+                                        dp.accountant)
+
+
 def build_stages(config: FederatedConfig, num_clients: int) -> list:
     """The server chain the config asks for: [GaussianDP][, SecAgg]."""
     stages = []
@@ -81,7 +94,8 @@ def build_stages(config: FederatedConfig, num_clients: int) -> list:
         dp = config.dp
         s = config.sampling
         expected = s.cohort_size if s.kind == "uniform" else s.rate * num_clients
-        stages.append(GaussianDP(noise_multiplier=dp.noise_multiplier, expected_clients=expected,
+        z = noise_multiplier(config, num_clients)
+        stages.append(GaussianDP(noise_multiplier=z, expected_clients=expected,
                                  clip_norm=dp.clip_norm, target_quantile=dp.target_quantile,
                                  clip_learning_rate=dp.clip_learning_rate,
                                  count_noise_std=dp.count_noise_std))
@@ -267,7 +281,7 @@ def run_federated(config: FederatedConfig, out_dir: str | Path, progress: bool =
             checkpointed = state.round == stop or state.round % config.checkpoint_every == 0
             epsilon = math.nan
             if ledger is not None:
-                ledger = ledger.add(config.dp.noise_multiplier, q)
+                ledger = ledger.add(stages[0].noise_multiplier, q)
                 # RDP takes ~50 ms; PLD up to seconds, so it is computed when logged at length.
                 if config.dp.accountant == "rdp" or evaluated or checkpointed:
                     epsilon = ledger.epsilon(config.dp.delta)
@@ -317,6 +331,7 @@ def run_federated(config: FederatedConfig, out_dir: str | Path, progress: bool =
         "epsilon": ledger.epsilon(config.dp.delta) if ledger is not None and ledger.events
         else None,
         "delta": config.dp.delta if config.dp is not None else None,
+        "noise_multiplier": stages[0].noise_multiplier if config.dp is not None else None,
         "checkpoint": str(checkpoint) if checkpoint is not None else None,
         "seconds": time.perf_counter() - started,
         "seconds_per_round": (sum(round_seconds) / len(round_seconds) if round_seconds
@@ -330,8 +345,11 @@ def run_federated(config: FederatedConfig, out_dir: str | Path, progress: bool =
 
 def _same_run(saved: dict, config: FederatedConfig, where: Path) -> None:
     now = json.loads(json.dumps(config.to_dict()))  # tuples as the saved JSON lists
+    free = set(RESUMABLE_CHANGES)
+    if config.dp is not None and config.dp.target_epsilon is not None:
+        free.discard("rounds")  # the noise multiplier was chosen for that many rounds
     differ = sorted(k for k in set(saved) | set(now)
-                    if k not in RESUMABLE_CHANGES and saved.get(k) != now.get(k))
+                    if k not in free and saved.get(k) != now.get(k))
     if differ:
         raise FederatedError(f"{where}: the checkpoint is of a run with other settings "
                              f"({', '.join(differ)}); use a new --out folder or the same config")

@@ -175,6 +175,20 @@ def test_dp_run_reports_the_epsilon_dp_accounting_gives(data_dir, tmp_path):
     assert all(float(r["secagg/may_wrap"]) == 0 for r in m)
 
 
+def test_dp_run_for_a_target_epsilon_spends_just_that(data_dir, tmp_path):
+    cfg = config(data_dir, rounds=3, weighting="uniform", sampling={"cohort_size": 10},
+                 dp={"target_epsilon": 5.0, "clip_norm": 0.5, "delta": 1e-4})
+    s = run_federated(cfg, tmp_path)
+    assert 0.99 * 5.0 <= s["epsilon"] <= 5.0
+    with pytest.raises(FederatedError, match="rounds"):  # z was chosen for 3 rounds
+        run_federated(config(data_dir, rounds=4, weighting="uniform",
+                             sampling={"cohort_size": 10},
+                             dp={"target_epsilon": 5.0, "clip_norm": 0.5, "delta": 1e-4}),
+                      tmp_path)
+    with pytest.raises(ConfigError, match="one of noise_multiplier and target_epsilon"):
+        config(data_dir, weighting="uniform", dp={"clip_norm": 0.5})
+
+
 def test_settings_that_cannot_run_are_refused(data_dir, tmp_path):
     with pytest.raises(ConfigError, match="weighting: uniform"):
         config(data_dir, dp={"noise_multiplier": 1.0})
