@@ -81,6 +81,25 @@ def test_fedavgm_two_rounds_golden():
     assert torch.allclose(state.params, torch.tensor([4.0, 0, 0]))
 
 
+@pytest.mark.parametrize("kind, expected", [
+    # The two clients of the first golden give Delta = [0.25, 0.75, 0.5]. Server lr 0.1,
+    # beta1 0.9, beta2 0.99, tau 1e-3, v_-1 = 0 (Reddi et al. 2021, Algorithm 2):
+    # m = 0.1 Delta = [0.025, 0.075, 0.05]
+    # adam:    v = 0.01 Delta^2, sqrt(v) = [0.025, 0.075, 0.05];
+    #          x = 0.1 m / (sqrt(v) + tau) = 0.1 [0.025/0.026, 0.075/0.076, 0.05/0.051]
+    # yogi:    v = 0 - 0.01 Delta^2 sign(0 - Delta^2) = 0.01 Delta^2: the same as adam
+    # adagrad: v = Delta^2, sqrt(v) = Delta; x = 0.1 [0.025/0.251, 0.075/0.751, 0.05/0.501]
+    ("adam", [0.0961538, 0.0986842, 0.0980392]),
+    ("yogi", [0.0961538, 0.0986842, 0.0980392]),
+    ("adagrad", [0.00996016, 0.00998668, 0.00998004]),
+])
+def test_adaptive_server_optimizers_golden(kind, expected):
+    a = algo(server=ServerOptimizerConfig(kind=kind, lr=0.1, beta1=0.9, beta2=0.99, eps=1e-3))
+    state, _ = a.apply(a.init(torch.zeros(3)),
+                       [client("a", [2, 0, 4], 1), client("b", [0, 2, 0], 3)], seed=1)
+    assert torch.allclose(state.params, torch.tensor(expected), rtol=1e-5, atol=0)
+
+
 def test_fedprox_golden():
     # One client, 2 examples, batch 1 (2 steps), lr 0.5, t = [2, 0, 0], mu = 1, from w0 = 0:
     # step 1: g = (w - t) + mu (w - w0) = -2 + 0 -> w = 1
