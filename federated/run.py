@@ -33,6 +33,7 @@ import hashlib
 import json
 import math
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -187,7 +188,8 @@ class _Pooled:
 
 
 def run_federated(config: FederatedConfig, out_dir: str | Path, progress: bool = False, *,
-                  max_rounds: int | None = None, group: Group | None = None) -> dict:
+                  max_rounds: int | None = None, group: Group | None = None,
+                  extra_train_messages: Mapping[str, Sequence[str]] | None = None) -> dict:
     """Runs (or resumes) a federated training run; see the module docstring.
 
     Args:
@@ -197,6 +199,9 @@ def run_federated(config: FederatedConfig, out_dir: str | Path, progress: bool =
         max_rounds: Stop after this many rounds in all (checkpointing there); running again
             goes on to `config.rounds`.
         group: The torch.distributed group; default from the environment (torchrun).
+        extra_train_messages: Messages added to the end of some training clients' data
+            (client id -> texts), e.g. the canaries of a privacy audit (`eval.canary`). Part
+            of the run's identity: a resumed run must be given the same ones.
 
     Returns:
         A summary: out_dir, round, rounds, finished, resumed_from, parameters, clients,
@@ -218,8 +223,16 @@ def run_federated(config: FederatedConfig, out_dir: str | Path, progress: bool =
     ds = BuiltDataset(config.data)
     vocab = ds.vocab()
     model, model_config = _model(config, len(vocab))
+    texts = ds.client_texts("train", "early")
+    extra = {c: list(ms) for c, ms in sorted((extra_train_messages or {}).items())}
+    for cid, messages in extra.items():
+        if cid not in texts:
+            raise FederatedError(f"extra_train_messages: {cid!r} is not a training client")
+        texts[cid] = [*texts[cid], *messages]
+    from data.torch_data import next_word_datasets
+
     train = {cid: ClientDataset.from_dataset(cid, d) for cid, d in
-             ds.next_word_datasets("train", "early", config.seq_len).items() if len(d)}
+             next_word_datasets(texts, vocab, config.seq_len).items() if len(d)}
     held_out = _Pooled(ds.next_word_datasets(config.eval_split, None, config.seq_len))
     if not train or not len(held_out):
         which = "train (early)" if not train else config.eval_split
@@ -231,6 +244,8 @@ def run_federated(config: FederatedConfig, out_dir: str | Path, progress: bool =
     q = sampling_probability(config.sampling, len(ids))
     ledger = PrivacyLedger(config.dp.accountant) if config.dp is not None else None
     fingerprint = _fingerprint(Path(config.data))
+    if extra:
+        fingerprint += "+" + hashlib.sha256(json.dumps(extra).encode()).hexdigest()
 
     state = algo.init(algo.layout.vector(model))
     resumed_from, last_eval = None, None
@@ -239,8 +254,8 @@ def run_federated(config: FederatedConfig, out_dir: str | Path, progress: bool =
         tensors, saved = load_tensors(latest)
         _same_run(saved.get("config", {}), config, latest)
         if saved.get("dataset") != fingerprint:
-            raise FederatedError(f"{latest}: the checkpoint was trained on another build of "
-                                 f"{config.data} (its manifest changed)")
+            raise FederatedError(f"{latest}: the checkpoint was trained on other data (another "
+                                 f"build of {config.data}, or other extra_train_messages)")
         state = _state_from(tensors, saved)
         resumed_from = state.round
         last_eval = saved.get("eval")

@@ -218,3 +218,21 @@ def test_the_shipped_config_loads():
     cfg = FederatedConfig.load(REPO / "configs" / "federated.yaml")
     assert cfg.sampling.cohort_size == 50 and cfg.client.batch_size == 16
     assert cfg.seq_len == 20 and cfg.model == "cifg"
+
+
+def test_extra_training_messages_join_their_client_and_the_runs_identity(data_dir, tmp_path):
+    cfg = config(data_dir, rounds=2, sampling={"kind": "poisson", "rate": 1.0})  # everyone
+    from data.built import BuiltDataset
+
+    client = sorted(BuiltDataset(data_dir).client_texts("train", "early"))[0]
+    extra = {client: ["my secret code is purple monkey dishwasher"] * 5}
+    with_extra = run_federated(cfg, tmp_path / "a", extra_train_messages=extra)
+    plain = run_federated(cfg, tmp_path / "b")
+    assert with_extra["clients"] == plain["clients"]
+    a, b = params(tmp_path / "a"), params(tmp_path / "b")
+    assert not torch.equal(a["params"], b["params"])  # the client trained on 5 more examples
+    with pytest.raises(FederatedError, match="other data"):
+        run_federated(config(data_dir, rounds=3, sampling={"kind": "poisson", "rate": 1.0}),
+                      tmp_path / "a")
+    with pytest.raises(FederatedError, match="not a training client"):
+        run_federated(cfg, tmp_path / "c", extra_train_messages={"nobody": ["hi"]})
