@@ -13,8 +13,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-from _timing import OtherLoad, single_thread_env
-
 ROOT = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve().parent
 DEFAULT_VENV = ROOT / ".venv-peers"
@@ -55,6 +53,9 @@ def ensure_peer_venv(venv: Path = DEFAULT_VENV, quiet: bool = False) -> Path:
 
 def time_peer(python: Path, tool: str, workload: Path, repeat: int) -> dict:
     """Runs `run_peer.py` for `tool` in the peers' environment; returns its JSON report."""
+    # Imported here so that eval.kebbie_adapter can load this file for `ensure_peer_venv` alone.
+    from _timing import OtherLoad, single_thread_env
+
     with OtherLoad() as load:
         proc = subprocess.run(
             [str(python), str(HERE / "run_peer.py"), tool, str(workload), str(repeat)],
