@@ -22,6 +22,8 @@ be built, saved and read back without it.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -103,11 +105,26 @@ def _epsilon_of(events: list[tuple[float, float, int]], delta: float, accountant
     if not events:
         return 0.0
     acc = rdp.RdpAccountant() if accountant == "rdp" else pld.PLDAccountant()
-    if len(events) == 1:
-        acc.compose(dp_event(*events[0]))
-    else:
-        acc.compose(dp_accounting.ComposedDpEvent([dp_event(*e) for e in events]))
-    return float(acc.get_epsilon(delta))
+    with _quiet_absl():
+        if len(events) == 1:
+            acc.compose(dp_event(*events[0]))
+        else:
+            acc.compose(dp_accounting.ComposedDpEvent([dp_event(*e) for e in events]))
+        return float(acc.get_epsilon(delta))
+
+
+@contextlib.contextmanager
+def _quiet_absl():
+    """Silences dp_accounting's absl warnings while it runs (RDP warns, for every round, of
+    each order whose series it cannot sum; that order is then left out of the minimum over
+    orders, which is correct), restoring the logger's level afterwards."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def epsilon(noise_multiplier: float, sampling_probability: float, rounds: int, delta: float,

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from kbsim import __version__
 from kbsim.federated_cli import add_federated_parser
+from kbsim.run_cli import add_run_parser
 from kbsim.train_cli import add_train_parser
 from keyboard_sim.simulate import DEFAULT_CHUNK
 
@@ -215,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_train_parser(sub)
     add_federated_parser(sub)
+    add_run_parser(sub)
 
     s = sub.add_parser("demo", help="run the simulator end to end on the default corpus",
                        description="Types the BYU Chit-Chat messages (PyPI chitchat-dataset) "
