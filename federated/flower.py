@@ -248,11 +248,14 @@ class _KbsimFedAvg(FlowerFedAvg):
         self.cohorts = cohorts
         self.num_nodes = num_nodes
         self.chosen: dict[int, list[str]] = {}
+        self.sent: dict[int, int] = {}  # round -> training messages sent
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid):
         if self.cohorts is None:
-            return super().configure_train(server_round, arrays, config, grid)
+            messages = list(super().configure_train(server_round, arrays, config, grid))
+            self.sent[server_round] = len(messages)
+            return messages
         wanted = sorted(self.cohorts(server_round - 1))
         if len(wanted) > self.num_nodes:
             raise FlowerError(f"round {server_round - 1}: cohort of {len(wanted)} clients but "
@@ -265,6 +268,7 @@ class _KbsimFedAvg(FlowerFedAvg):
             node_config = ConfigRecord({**dict(config), ROUND_KEY: server_round, CLIENT_KEY: cid})
             messages.append(Message(RecordDict({ARRAYS_KEY: arrays, CONFIG_KEY: node_config}),
                                     dst_node_id=node, message_type=MessageType.TRAIN))
+        self.sent[server_round] = len(messages)
         return messages
 
     def aggregate_train(self, server_round: int, replies):
@@ -273,6 +277,9 @@ class _KbsimFedAvg(FlowerFedAvg):
         if failed:
             raise FlowerError(f"round {server_round - 1}: {len(failed)} of {len(replies)} "
                               f"clients failed; first: {failed[0].error.reason}")
+        if len(replies) != self.sent.get(server_round, len(replies)):
+            raise FlowerError(f"round {server_round - 1}: {self.sent[server_round]} clients "
+                              f"asked to train, {len(replies)} replied")
         return super().aggregate_train(server_round, replies)
 
 
