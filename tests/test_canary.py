@@ -31,14 +31,7 @@ from eval.canary import (
 from models.cifg import CIFGConfig, CIFGLanguageModel
 from models.nwp import nwp_loss
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: the tensors are tiny and two threads only contend on 2 cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class FixedLogits(nn.Module):

@@ -15,14 +15,7 @@ from models.nwp import nwp_loss
 TINY = CIFGConfig(vocab_size=11, embed_dim=4, hidden_dim=6)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: these tensors are tiny, and on a loaded 2-core machine two threads
-    only contend (the training test took 70 s with two threads, 5 s with one)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _sigmoid(z: float) -> float:

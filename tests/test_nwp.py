@@ -18,15 +18,7 @@ from models.lm import build_lm
 from models.nwp import NWPMetrics, nwp_loss, suggest, top_k_ids
 from models.transformer_lm import TransformerLM, TransformerLMConfig
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: these tensors are tiny, and on a loaded 2-core machine two threads
-    only contend (the training test took 70 s with two threads, 5 s with one)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # Two sentences over 8 ids (0 PAD, 1 BOS, 2 EOS, 3 OOV, 4-7 words), 3 targets each, and the

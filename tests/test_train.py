@@ -36,14 +36,7 @@ CIFG = {"embed_dim": 16, "hidden_dim": 32}
 TRANSFORMER = {"d_model": 16, "n_layers": 1, "n_heads": 2, "d_ff": 32, "dropout": 0.1}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny ops on a busy 2-core machine run many times slower with 2 intra-op threads; and
-    # runs compared bit for bit must use the same thread count.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -15,14 +15,7 @@ from models.transformer_lm import TransformerLM, TransformerLMConfig
 TINY = TransformerLMConfig(vocab_size=13, d_model=8, n_layers=2, n_heads=2, d_ff=16, max_len=10)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: these tensors are tiny, and on a loaded 2-core machine two threads
-    only contend (the training test took 70 s with two threads, 5 s with one)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _model(seed: int = 0, config: TransformerLMConfig = TINY) -> TransformerLM:
