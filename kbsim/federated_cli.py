@@ -14,20 +14,16 @@ import math
 import sys
 from pathlib import Path
 
+from kbsim.cli_common import torch_settings
+
 
 def cmd_federated(args: argparse.Namespace) -> int:
     """Runs (or resumes) a federated run; rank 0 prints the summary."""
-    import torch
-
     from federated.config import FederatedConfig
     from federated.run import run_federated
 
     config = FederatedConfig.load(args.config)
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
-    progress = sys.stderr.isatty() if args.progress is None else args.progress
+    progress = torch_settings(args)
     summary = run_federated(config, Path(args.out), progress=progress,
                             max_rounds=args.max_rounds)
     if summary.get("rank", 0) == 0:

@@ -11,20 +11,16 @@ import sys
 import time
 from pathlib import Path
 
+from kbsim.cli_common import torch_settings
+
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Runs (or resumes) every stage, then prints where the report is and its headline."""
-    import torch
-
     from eval.report import headline
     from kbsim.experiment import ExperimentConfig, run_experiment
 
     config = ExperimentConfig.load(args.config)
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
-    progress = sys.stderr.isatty() if args.progress is None else args.progress
+    progress = torch_settings(args)
 
     def log(line: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {line}", file=sys.stderr, flush=True)

@@ -11,19 +11,15 @@ import math
 import sys
 from pathlib import Path
 
+from kbsim.cli_common import torch_settings
+
 
 def cmd_train_nwp(args: argparse.Namespace) -> int:
     """Runs (or resumes) a next-word training run; prints where it wrote and the metrics."""
-    import torch
-
     from models.train import NWPTrainConfig, train_nwp
 
     config = NWPTrainConfig.load(args.config)
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
-    progress = sys.stderr.isatty() if args.progress is None else args.progress
+    progress = torch_settings(args)
     summary = train_nwp(config, Path(args.out), progress=progress, max_steps=args.max_steps)
     print(format_train_summary(summary))
     state = "finished" if summary["finished"] else "stopped (run again to resume)"
@@ -34,16 +30,10 @@ def cmd_train_nwp(args: argparse.Namespace) -> int:
 
 def cmd_train_proofreader(args: argparse.Namespace) -> int:
     """Trains the seq2seq proofreader on a built dataset's pairs; prints the last metrics."""
-    import torch
-
     from models.train_proofreader import ProofreaderTrainConfig, train_proofreader
 
     config = ProofreaderTrainConfig.load(args.config)
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
-    progress = sys.stderr.isatty() if args.progress is None else args.progress
+    progress = torch_settings(args)
     summary = train_proofreader(config, Path(args.out), progress=progress,
                                 max_steps=args.max_steps)
     final = summary.get("final") or {}
