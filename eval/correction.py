@@ -475,6 +475,8 @@ def _edits(
                 if a >= 0 and b >= 0:
                     union(a, ns + b)
                     linked[b] = True
+                elif b >= 0:  # a dst word character where src has a space: inserted there
+                    inserted_at.setdefault(b, c.ref_start_idx + t)
         elif c.type == "insert":
             for j in range(c.hyp_start_idx, c.hyp_end_idx):
                 b = d_owner[j]

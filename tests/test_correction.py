@@ -7,6 +7,8 @@ from pathlib import Path
 
 import jiwer
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from eval.correction import (
     AUTOCORRECT_BETA,
@@ -309,3 +311,20 @@ def test_real_learner_errors_agree_with_jiwer():
     assert total.messages_with_errors == sum(n != c for n, c in zip(noisy, clean, strict=True))
     # Every message of this set has at least one spelling error, word-level.
     assert total.words_typo >= total.messages_with_errors > 300
+
+
+def test_a_word_typed_where_the_input_had_spaces_is_one_inserted_word():
+    # Regression: "hi   there" -> "hi a there" aligns the new "a" against spaces (a
+    # substitution, not an insertion); it is an inserted word between "hi" and "there".
+    c = CorrectionCounts.of("hi   there", "hi there", "hi a there")
+    assert c.system_edits == 1 and c.correct_edits == 0
+    c = CorrectionCounts.of("ab  cd", "ab cd", "ab x cd")
+    assert c.system_edits == 1
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet="ab ", max_size=12), st.text(alphabet="ab ", max_size=12),
+       st.text(alphabet="ab ", max_size=12))
+def test_any_triple_of_short_texts_is_scored(noisy, clean, prediction):
+    c = CorrectionCounts.of(noisy, clean, prediction)
+    assert c.messages == 1 and 0 <= c.correct_edits <= min(c.system_edits, c.gold_edits)
