@@ -8,9 +8,11 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip --disable-pip-version-check --quiet
-# Where `make demo` writes; override with `make demo DEMO_OUT=somewhere`.
+# Where `make demo` writes and what it runs; override with `make demo DEMO_OUT=somewhere` or
+# `make demo DEMO_CONFIG=configs/experiment.yaml` (the research-size experiment).
 DEMO_OUT ?= runs/demo
-DEMO_ARGS ?= --workers 2
+DEMO_CONFIG ?= configs/demo.yaml
+DEMO_ARGS ?=
 
 .PHONY: venv demo test lint clean
 
@@ -29,7 +31,7 @@ $(VENV)/.stamp-test: $(INSTALL_DEPS) | $(BIN)/python
 	@touch $@
 
 $(VENV)/.stamp-demo: $(INSTALL_DEPS) | $(BIN)/python
-	$(PIP) install -e '.[parquet,corpus,data]'
+	$(PIP) install -e '.[eval]'
 	@touch $@
 
 $(VENV)/.stamp-dev: $(INSTALL_DEPS) | $(BIN)/python
@@ -37,7 +39,7 @@ $(VENV)/.stamp-dev: $(INSTALL_DEPS) | $(BIN)/python
 	@touch $@
 
 demo: $(VENV)/.stamp-demo
-	$(BIN)/kbsim demo --out $(DEMO_OUT) $(DEMO_ARGS)
+	$(BIN)/kbsim run $(DEMO_CONFIG) --out $(DEMO_OUT) $(DEMO_ARGS)
 
 test: $(VENV)/.stamp-test
 	$(BIN)/python -m pytest

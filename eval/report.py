@@ -356,12 +356,20 @@ def _privacy(results: Mapping, figures: Mapping[str, Path]) -> list[str]:
     runs: list[str] = []
     for c in canaries:
         runs += [r for r in (c.get("exposure") or {}) if r not in runs]
+    ceiling = p.get("max_exposure_bits")
     lines += [f"Canary exposure in bits (higher: more memorised), per run beside its "
               f"differential-privacy epsilon (delta {fmt_eps(p.get('delta'))}). The candidate "
-              f"space holds 2^{fmt(p.get('candidate_space_bits'))} random parts.", ""]
+              f"space holds 2^{fmt(p.get('candidate_space_bits'))} random parts"
+              + (f"; ranked among sampled candidates, exposure is measured up to "
+                 f"{fmt(ceiling)} bits" if ceiling is not None else "")
+              + ". Rounds: how many rounds the canary's client took part in (a client never "
+              "sampled cannot leak its canary).", ""]
     lines += table(["run", "epsilon"], [[r, fmt_eps(eps.get(r))] for r in runs])
-    lines += table(["canary", "repetitions", *(f"exposure {r}" for r in runs)],
+    with_rounds = any("rounds" in c for c in canaries)
+    lines += table(["canary", "repetitions", *(["rounds"] if with_rounds else []),
+                    *(f"exposure {r}" for r in runs)],
                    [[c.get("id", NA), fmt(c.get("repetitions")),
+                     *([fmt(c.get("rounds"))] if with_rounds else []),
                      *(fmt((c.get("exposure") or {}).get(r)) for r in runs)] for c in canaries])
     lines += _image(figures, "canary_exposure", "canary exposure")
     return lines

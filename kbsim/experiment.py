@@ -341,8 +341,12 @@ class Experiment:
             per_run = {run: exposures(load_federated_model(self.dir(f"nwp_{run}")), vocab,
                                       canaries, cfg) for run in runs}
             first = per_run[runs[0]]
+            rounds = _participation(self.config.federated_config(runs[0], "<data>"),
+                                    sorted(self._built().client_texts("train", "early")),
+                                    {c.client for c in canaries})
             return {
                 "canaries": [{"id": c.canary_id, "repetitions": c.repetitions,
+                              "rounds": rounds[c.client],
                               "exposure": {run: per_run[run][i].exposure for run in runs}}
                              for i, c in enumerate(first)],
                 "epsilon": {run: self.stages[f"nwp_{run}"].result.get("epsilon")
@@ -533,6 +537,19 @@ def _spaced_set(real, k: int):
     idx = spaced(len(real), k)
     return RealSet(real.name, [real.noisy[i] for i in idx], [real.clean[i] for i in idx],
                    [real.ids[i] for i in idx], real.source, real.citation)
+
+
+def _participation(cfg, client_ids: list[str], wanted: set[str]) -> dict[str, int]:
+    """Rounds in which each wanted client reported (the runs' cohorts are a function of the
+    seed and the sampling config, the same for both runs)."""
+    from federated.sampling import sample_round
+
+    counts = dict.fromkeys(wanted, 0)
+    for r in range(cfg.rounds):
+        for c in sample_round(client_ids, cfg.sampling, cfg.seed, r).reporting:
+            if c in counts:
+                counts[c] += 1
+    return counts
 
 
 def _curve(run_dir: Path) -> list[dict]:
