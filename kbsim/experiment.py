@@ -445,16 +445,21 @@ class Experiment:
         return self.stage("eval_correction", settings, tuple(inputs), fn)
 
     def realism(self) -> StageResult:
-        """The simulator's error mix against held-out real typists (Aalto), default preset
-        and calibrated."""
+        """The simulator's error mix against held-out real typists (Aalto): the preset for
+        physical keyboards (what Aalto's typists used), the experiment's own preset, and one
+        calibrated on the other half of the typists."""
         settings = dict(self.config.realism or {})
+        preset = self.config.data_config().typists.preset
+        settings.setdefault("presets", list(dict.fromkeys(
+            ["physical", *([preset] if preset != "postures" else [])])))
 
         def fn(d: Path) -> dict:
             from eval.real_data import RealDataError
             from eval.realism import realism
 
             try:
-                return realism(seed=self.config.seed, **settings)
+                return realism(seed=self.config.seed,
+                               **{**settings, "presets": tuple(settings["presets"])})
             except (RealDataError, FileNotFoundError) as e:
                 return {"skipped": str(e)}
 
