@@ -271,9 +271,16 @@ def run_simulate(job: SimulateJob, progress: bool = False,
 
         Engine(_WORKER["layout"], _WORKER["profile"]).prepare()
         if job.workers > 1:
+            # Objects made so far (tables, lexicon) move to the collector's permanent
+            # generation, so that collections in the forked workers do not write to their
+            # headers and copy the inherited pages one by one (copy-on-write faults).
+            import gc
+
+            gc.freeze()
             # The pool before any thread starts here (tqdm's monitor): forking is then safe.
             pool = _pool_context().Pool(job.workers, initializer=_init_pool_worker,
                                         initargs=init_args)
+            gc.unfreeze()
         if progress:
             from tqdm import tqdm
 
