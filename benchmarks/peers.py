@@ -19,8 +19,9 @@ DEFAULT_VENV = ROOT / ".venv-peers"
 
 # Exact versions, so that the figures in BENCHMARKS.md can be reproduced. kebbie imports
 # `datasets` at import time, which pulls in pyarrow; pyarrow 21 and later need numpy 2, which
-# kebbie's numpy~=1.26 pin rules out, so pyarrow is held below 21.
-REQUIREMENTS = ("kebbie==0.5.1", "nlpaug==1.1.11", "pyarrow<21")
+# kebbie's numpy~=1.26 pin rules out, so pyarrow is held below 21. `import kebbie` also imports
+# pytesseract, which imports `packaging` without declaring it.
+REQUIREMENTS = ("kebbie==0.5.1", "nlpaug==1.1.11", "pyarrow<21", "packaging")
 _STAMP = "kbsim-peers.txt"
 
 
@@ -45,7 +46,8 @@ def ensure_peer_venv(venv: Path = DEFAULT_VENV, quiet: bool = False) -> Path:
     subprocess.run([*pip, "install", *REQUIREMENTS], check=True)
     # Fail here, with pip's own words, rather than halfway through a benchmark.
     subprocess.run(
-        [str(python), "-c", "import kebbie.noise_model, nlpaug.augmenter.char"], check=True
+        [str(python), "-c", "import kebbie, kebbie.noise_model, nlpaug.augmenter.char"],
+        check=True
     )
     stamp.write_text(wanted)
     return python

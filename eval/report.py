@@ -305,6 +305,9 @@ def _correction(results: Mapping, figures: Mapping[str, Path]) -> list[str]:
               f"interval{level_text} over messages [lo, hi]. Gains are the corrector's metric "
               f"minus that of `{BASELINE}` on the same messages, with paired bootstrap "
               "intervals.", ""]
+    skipped = _get(results, "correction", "skipped") or {}
+    for name, why in skipped.items():
+        lines += [f"Set `{name}` was not evaluated: {why}.", ""]
     for name, s in sets.items():
         lines += [f"### {name}", "",
                   f"Source: {s.get('source', NA)}; messages: {fmt(s.get('messages'))}.", ""]
@@ -380,7 +383,8 @@ def _realism(results: Mapping, figures: Mapping[str, Path]) -> list[str]:
     r = results.get("realism") or {}
     profiles = r.get("profiles") or {}
     if not profiles:
-        return lines + ["No realism comparison in this report.", ""]
+        why = f" (skipped: {r['skipped']})" if r.get("skipped") else ""
+        return lines + [f"No realism comparison in this report{why}.", ""]
     real = r.get("real") or {}
     cal = _get(r, "split", "calibrate") or {}
     cmp_ = _get(r, "split", "compare") or {}
