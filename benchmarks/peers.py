@@ -40,13 +40,15 @@ def ensure_peer_venv(venv: Path = DEFAULT_VENV, quiet: bool = False) -> Path:
     print(f"setting up the peers' environment in {venv} ...", file=log, flush=True)
     if not python.exists():
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    pip = [str(python), "-m", "pip", "--disable-pip-version-check"]
+    # -I: isolated from the caller's PYTHONPATH (a test session's Ray sets one pointing at
+    # kbsim's own packages, which pip would then take as already installed here).
+    pip = [str(python), "-I", "-m", "pip", "--disable-pip-version-check"]
     if quiet:
         pip.append("--quiet")
     subprocess.run([*pip, "install", *REQUIREMENTS], check=True)
     # Fail here, with pip's own words, rather than halfway through a benchmark.
     subprocess.run(
-        [str(python), "-c", "import kebbie, kebbie.noise_model, nlpaug.augmenter.char"],
+        [str(python), "-I", "-c", "import kebbie, kebbie.noise_model, nlpaug.augmenter.char"],
         check=True
     )
     stamp.write_text(wanted)

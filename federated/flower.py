@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import secrets
 import tempfile
 import time
@@ -364,8 +365,18 @@ def run_flower(clients: Mapping[str, ClientDataset], model_kind: str, model_conf
     with tempfile.TemporaryDirectory(prefix="kbsim-flower-") as tmp:
         shared = SharedClients.write(clients, workdir if workdir is not None else tmp)
         app = client_app(shared, model_kind, model_config, client_config, seed)
-        run_simulation(server_app=server, client_app=app, num_supernodes=n,
-                       backend_config=backend_config)
+        # Flower's Ray backend sets this process's PYTHONPATH to its whole sys.path (for its
+        # actors) and leaves it so; put the caller's back, so later subprocesses (another
+        # virtual environment's pip) do not see this environment's packages.
+        saved = os.environ.get("PYTHONPATH")
+        try:
+            run_simulation(server_app=server, client_app=app, num_supernodes=n,
+                           backend_config=backend_config)
+        finally:
+            if saved is None:
+                os.environ.pop("PYTHONPATH", None)
+            else:
+                os.environ["PYTHONPATH"] = saved
         _open_shared.cache_clear()
     if "result" not in out or len(clock) != rounds + 1:
         raise FlowerError("the Flower simulation ended before its last round")

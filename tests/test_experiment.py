@@ -67,7 +67,8 @@ def test_the_report_has_every_section_finite_numbers_and_valid_plots(tiny):
     saved = json.loads((out / "results.json").read_text())  # strict JSON: no NaN
     assert saved["nwp"]["runs"].keys() == {"federated", "federated_dp"}
     pngs = sorted((out / "figures").glob("*.png"))
-    assert len(pngs) >= 6
+    # error_mix.png needs the Aalto sample (../shared), absent on some machines
+    assert len(pngs) >= (6 if results["realism"].get("profiles") else 5)
     for p in pngs:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", p
     assert "http" not in html.split("<body", 1)[1]  # self-contained

@@ -8,6 +8,7 @@ run starts Ray (about 10 s here), so there are two.
 
 from __future__ import annotations
 
+import os
 import pickle
 
 import pytest
@@ -59,8 +60,10 @@ def _kbsim(model, p0, clients, cohorts, seed=SEED):
 
 def test_flower_fedavg_matches_kbsim_fedavg(setup):
     model, p0, clients = setup
+    pythonpath = os.environ.get("PYTHONPATH")
     out = run_flower(clients, "cifg", MODEL, CLIENT, rounds=2, cohort_size=3, seed=SEED,
                      initial_params=p0, backend_config=BACKEND)
+    assert os.environ.get("PYTHONPATH") == pythonpath  # Flower's Ray set-up undone
     ours = _kbsim(model, p0, clients, [["a", "b", "c"]] * 2)
     assert out["params"].dtype == torch.float32 and out["params"].shape == p0.shape
     assert float((ours - p0).norm()) > 0.1  # training moved the weights
