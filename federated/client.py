@@ -45,6 +45,11 @@ class ClientConfig:
         prox_mu: FedProx's proximal weight mu (0: plain FedAvg local SGD).
         max_steps: Stop local training after this many steps (None: no cap). Caps how much a
             client with many examples works per round, as deployments do.
+        clip_grad_norm: Clip each local step's gradient (loss and proximal term) to this global
+            L2 norm (None: no clipping). A safeguard against the exploding gradients that
+            recurrent models meet now and then at a client learning rate as high as 10^-0.5
+            (Pascanu et al. 2013); at the CIFG's typical gradient norm on chat data (about 0.15
+            at the start, measured) a clip of 1 acts only on such outliers.
     """
 
     lr: float = DEFAULT_CLIENT_LR
@@ -52,8 +57,16 @@ class ClientConfig:
     batch_size: int = 16
     prox_mu: float = 0.0
     max_steps: int | None = None
+    clip_grad_norm: float | None = None
 
     def __post_init__(self) -> None:
+        c = self.clip_grad_norm
+        if c is not None:
+            if isinstance(c, bool) or not isinstance(c, (int, float)) or not math.isfinite(c) \
+                    or c <= 0:
+                raise ClientError(f"client clip_grad_norm must be a finite number > 0 or None, "
+                                  f"got {c!r}")
+            object.__setattr__(self, "clip_grad_norm", float(c))
         for name in ("lr", "prox_mu"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
@@ -138,6 +151,12 @@ def batch_plan(num_examples: int, config: ClientConfig, seed: int) -> list[torch
     return plan
 
 
+def clip_factor(norm: torch.Tensor, max_norm: float) -> torch.Tensor:
+    """The factor that scales a gradient of L2 norm `norm` to at most `max_norm` (elementwise
+    over a batch of norms)."""
+    return (max_norm / norm.clamp(min=1e-12)).clamp(max=1.0)
+
+
 def tokens_of(y: torch.Tensor, pad_id: int) -> int:
     return int((y != pad_id).sum())
 
@@ -175,6 +194,8 @@ def train_client(bound: BoundModel, params: torch.Tensor, data: ClientDataset,
         with torch.no_grad():
             if config.prox_mu:
                 g.add_(w - params, alpha=config.prox_mu)  # grad of mu/2 ||w - w0||^2
+            if config.clip_grad_norm is not None:
+                g.mul_(clip_factor(g.norm(), config.clip_grad_norm))
             w.add_(g, alpha=-config.lr)
         n = tokens_of(y, pad_id)
         loss_sum += float(loss.detach()) * n

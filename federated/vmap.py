@@ -33,6 +33,7 @@ from federated.client import (
     ClientUpdate,
     LossFn,
     batch_plan,
+    clip_factor,
     tokens_of,
 )
 from federated.params import ParamLayout
@@ -106,6 +107,8 @@ def _train_chunk(model, layout, params, clients, config, seeds, loss_fn,
             with torch.no_grad():
                 if config.prox_mu:
                     g.add_(w - params, alpha=config.prox_mu)
+                if config.clip_grad_norm is not None:
+                    g.mul_(clip_factor(g.norm(dim=1, keepdim=True), config.clip_grad_norm))
                 w.add_(g, alpha=-config.lr)
             for i, (li, yi) in enumerate(zip(loss.tolist(), y, strict=True)):
                 t = tokens_of(yi, pad_id)

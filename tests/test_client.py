@@ -64,6 +64,18 @@ def test_train_client_equals_torch_sgd_on_the_same_batches():
     assert torch.equal(params, layout.vector(m))  # the server's weights are left alone
 
 
+def test_clipping_bounds_every_local_step():
+    # Clip 1e-3 is far below the gradient norm: each step moves the weights by exactly lr * c.
+    m = model()
+    layout = ParamLayout.of(m)
+    params = layout.vector(m)
+    cfg = ClientConfig(lr=0.5, batch_size=21, clip_grad_norm=1e-3)  # one step
+    u = train_client(layout.bind(model(1)), params, data(), cfg, 0, nwp_loss, 0)
+    assert float(u.delta.norm()) == pytest.approx(0.5e-3, rel=1e-4)
+    with pytest.raises(ClientError, match="clip_grad_norm"):
+        ClientConfig(clip_grad_norm=0.0)
+
+
 def test_errors():
     with pytest.raises(ClientError, match="lr"):
         ClientConfig(lr=0)
