@@ -53,7 +53,7 @@ from models.checkpoint import (
     save_tensors,
     step_dir,
 )
-from models.train import MetricsLog, TrainError, summary_writer
+from models.train import MetricsLog, TrainError, check_same_run, summary_writer
 
 METRICS_CSV = "metrics.csv"
 EVAL_CSV = "eval.csv"
@@ -359,15 +359,10 @@ def run_federated(config: FederatedConfig, out_dir: str | Path, progress: bool =
 
 
 def _same_run(saved: dict, config: FederatedConfig, where: Path) -> None:
-    now = json.loads(json.dumps(config.to_dict()))  # tuples as the saved JSON lists
     free = set(RESUMABLE_CHANGES)
     if config.dp is not None and config.dp.target_epsilon is not None:
         free.discard("rounds")  # the noise multiplier was chosen for that many rounds
-    differ = sorted(k for k in set(saved) | set(now)
-                    if k not in free and saved.get(k) != now.get(k))
-    if differ:
-        raise FederatedError(f"{where}: the checkpoint is of a run with other settings "
-                             f"({', '.join(differ)}); use a new --out folder or the same config")
+    check_same_run(saved, config.to_dict(), where, tuple(free), FederatedError)
 
 
 def load_federated_model(path: str | Path) -> torch.nn.Module:

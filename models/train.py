@@ -37,7 +37,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -330,13 +330,17 @@ def _model_config(config: NWPTrainConfig, vocab_size: int) -> dict:
     return full.to_dict()
 
 
-def _same_run(saved: Mapping, config: NWPTrainConfig, where: Path) -> None:
-    now = config.to_dict()
+def check_same_run(saved: Mapping, now: Mapping, where: Path,
+                   resumable: Sequence[str] = RESUMABLE_CHANGES,
+                   error: type[TrainError] = TrainError) -> None:
+    """Raises `error` unless a checkpoint's saved config equals the config now (both as
+    JSON data) in every setting but the `resumable` ones."""
+    now = json.loads(json.dumps(now))  # tuples compare as the saved JSON lists
     differ = sorted(k for k in set(saved) | set(now)
-                    if k not in RESUMABLE_CHANGES and saved.get(k) != now.get(k))
+                    if k not in resumable and saved.get(k) != now.get(k))
     if differ:
-        raise TrainError(f"{where}: the checkpoint is of a run with other settings "
-                         f"({', '.join(differ)}); use a new --out folder or the same config")
+        raise error(f"{where}: the checkpoint is of a run with other settings "
+                    f"({', '.join(differ)}); use a new --out folder or the same config")
 
 
 def _rng_generators(device: torch.device) -> dict[str, torch.Generator]:
@@ -413,7 +417,7 @@ def train_nwp(config: NWPTrainConfig, out_dir: str | os.PathLike, progress: bool
         latest = latest_checkpoint(ckpt_root)
         if latest is not None:
             saved = read_meta(latest)["state"]
-            _same_run(saved.get("config", {}), config, latest)
+            check_same_run(saved.get("config", {}), config.to_dict(), latest)
             if saved.get("dataset") != fingerprint:
                 raise TrainError(f"{latest}: the checkpoint was trained on another build of "
                                  f"{config.data} (its manifest changed)")
