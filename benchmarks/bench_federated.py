@@ -72,8 +72,9 @@ def _set_threads(threads: int) -> None:
     os.environ.update(dict.fromkeys(THREAD_VARS, str(threads)))
 
 
-def load(data: Path, seed: int):
-    """The training clients, the vocabulary size and the initial model of the benchmark."""
+def load(data: Path, seed: int, model_overrides: dict | None = None):
+    """The training clients, the model's config and its initial weights. `model_overrides`
+    changes `CIFGConfig` fields (e.g. a smaller hidden size) for a non-standard run."""
     import torch
 
     from data.built import BuiltDataset
@@ -90,7 +91,7 @@ def load(data: Path, seed: int):
     vocab = len(ds.vocab())
     train = {cid: ClientDataset.from_dataset(cid, d) for cid, d in
              ds.next_word_datasets("train", "early", SEQ_LEN).items() if len(d)}
-    model_config = {"vocab_size": vocab}
+    model_config = {"vocab_size": vocab, **(model_overrides or {})}
     model = build_lm("cifg", model_config,
                      generator=torch.Generator().manual_seed(derive_seed(seed, "bench", "init")))
     return train, model_config, model
@@ -177,6 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-flower", action="store_true", help="skip the Flower run")
     ap.add_argument("--core", type=int, help="core to pin kbsim and centralised to "
                     "(default: the least busy one)")
+    ap.add_argument("--model", type=json.loads, default={}, metavar="JSON",
+                    help="CIFGConfig fields to change, e.g. '{\"embed_dim\": 8, \"hidden_dim\": "
+                    "16}': not the standard task, but shows where per-client overhead dominates")
     ap.add_argument("--json", type=Path, metavar="PATH", help="also write the results here")
     args = ap.parse_args(argv)
     if args.rounds < 2 or args.flower_rounds < 2 or args.flower_rounds > args.rounds:
@@ -191,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     from federated.sampling import SamplingConfig, sample_round
 
     t0 = time.perf_counter()
-    train, model_config, model = load(args.data, SEED)
+    train, model_config, model = load(args.data, SEED, args.model)
     load_seconds = time.perf_counter() - t0
     ids = sorted(train)
     p0 = ParamLayout.of(model).vector(model)
@@ -318,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
             "machine": {"platform": platform.platform(), "python": platform.python_version(),
                         "cpus": os.cpu_count(), "torch": torch.__version__,
                         "flwr": flwr.__version__},
-            "settings": {"clients": len(ids), "cohort": COHORT, "batch_size": 16, "epochs": 1,
+            "settings": {"model": model_config, "clients": len(ids), "cohort": COHORT, "batch_size": 16, "epochs": 1,
                          "seq_len": SEQ_LEN, "client_lr": client.lr,
                          "parameters": p0.numel(), "threads": args.threads,
                          "flower_cpus": args.flower_cpus, "pinned_core": core},
