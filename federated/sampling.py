@@ -2,7 +2,7 @@
 
 A round's cohort is a pure function of (run seed, round number, the set of client ids), so a
 resumed run samples round 7 exactly as an uninterrupted one did, and the order in which client
-ids are listed does not matter (they are sorted first). Two selection schemes:
+ids are listed does not matter (they are sorted first). Three selection schemes:
 
 * "uniform": `cohort_size` distinct clients, uniformly without replacement (the fixed-size
   cohorts of cross-device FedAvg, McMahan et al. 2017). With `over_selection` x the server
@@ -13,15 +13,23 @@ ids are listed does not matter (they are sorted first). Two selection schemes:
 * "poisson": every client independently with probability `rate` (the sampling that DP-FedAvg's
   privacy accounting assumes, McMahan et al. 2018, "Learning Differentially Private Recurrent
   Language Models").
+* "shuffle": epochs of `cohort_size`-client rounds without repetition. Each epoch is a seeded
+  permutation of all clients cut into consecutive cohorts, floor(clients / cohort_size) rounds
+  per epoch (`rounds_per_epoch`); the clients left over at the end of the permutation (clients
+  mod cohort_size of them) sit that epoch out, and the next epoch is a fresh permutation. No
+  client is selected twice within an epoch, which is what DP-FTRL's tree aggregation needs
+  (Kairouz et al. 2021, "Practical and Private (Deep) Learning without Sampling or Shuffling":
+  each client at most once per tree; `federated.dp_ftrl`).
 
 A selected client then fails to report (`dropped`) through two independent causes: a per-round
 `dropout` probability, the same for everyone, and, optionally, its own availability a_c drawn
 once per client from Beta(alpha, beta), so that some devices are rarely charging, idle and on
 unmetered Wi-Fi (the eligibility conditions of Bonawitz et al. 2019) and others nearly always.
 
-Seeds: the selection of round r from `derive_seed(seed, "sample", r)`; client c's drop-out in
-round r from (seed, "dropout", r, c); its availability a_c from (seed, "availability", c) and
-whether it is available in round r from (seed, "available", r, c). Each draw depends only on its
+Seeds: the selection of round r from `derive_seed(seed, "sample", r)` (for "shuffle", epoch e's
+permutation from `derive_seed(seed, "shuffle", e)`); client c's drop-out in round r from
+(seed, "dropout", r, c); its availability a_c from (seed, "availability", c) and whether it is
+available in round r from (seed, "available", r, c). Each draw depends only on its
 own names, so adding a config option or a round elsewhere never shifts another draw.
 """
 
@@ -36,7 +44,7 @@ import numpy as np
 
 from data.record import derive_seed, unit_float
 
-SAMPLING_KINDS = ("uniform", "poisson")
+SAMPLING_KINDS = ("uniform", "poisson", "shuffle")
 
 
 class SamplingError(ValueError):
@@ -54,11 +62,13 @@ class SamplingConfig:
     """How each round's clients are chosen and which of them report.
 
     Attributes:
-        kind: "uniform" (fixed-size cohort without replacement) or "poisson" (each client
-            independently with probability `rate`).
-        cohort_size: Clients per round; required for "uniform", unset for "poisson".
-        rate: Per-client selection probability in (0, 1]; required for "poisson", unset for
-            "uniform".
+        kind: "uniform" (fixed-size cohort without replacement), "poisson" (each client
+            independently with probability `rate`) or "shuffle" (fixed-size cohorts cut from
+            one permutation of the clients per epoch: no client twice in an epoch).
+        cohort_size: Clients per round; required for "uniform" and "shuffle", unset for
+            "poisson".
+        rate: Per-client selection probability in (0, 1]; required for "poisson", unset
+            otherwise.
         dropout: Probability in [0, 1] that a selected client fails to report, independently
             per (round, client).
         availability: None, or (alpha, beta) > 0: each client c reports only when available,
@@ -80,13 +90,14 @@ class SamplingConfig:
         if self.kind not in SAMPLING_KINDS:
             raise SamplingError(f"unknown sampling kind {self.kind!r}; known: "
                                 f"{', '.join(SAMPLING_KINDS)}")
-        if self.kind == "uniform":
+        if self.kind in ("uniform", "shuffle"):
             c = self.cohort_size
             if isinstance(c, bool) or not isinstance(c, int) or c < 1:
-                raise SamplingError(f"uniform sampling needs cohort_size, an int >= 1, got {c!r}")
+                raise SamplingError(f"{self.kind} sampling needs cohort_size, an int >= 1, "
+                                    f"got {c!r}")
             if self.rate is not None:
-                raise SamplingError("rate applies to poisson sampling only (uniform sampling "
-                                    "uses cohort_size)")
+                raise SamplingError(f"rate applies to poisson sampling only ({self.kind} "
+                                    "sampling uses cohort_size)")
         else:
             if self.rate is None:
                 raise SamplingError("poisson sampling needs rate, a number in (0, 1]")
@@ -194,6 +205,24 @@ def _reports(config: SamplingConfig, seed: int, round: int, client_id: str) -> b
     return True
 
 
+def rounds_per_epoch(config: SamplingConfig, num_clients: int) -> int:
+    """Rounds in one epoch of "shuffle" sampling: floor(num_clients / cohort_size) (the
+    remaining num_clients mod cohort_size clients of each epoch's permutation sit it out).
+
+    Raises:
+        SamplingError: Another sampling kind, num_clients < 1, or a cohort larger than the
+            population.
+    """
+    if config.kind != "shuffle":
+        raise SamplingError(f"only shuffle sampling has epochs, not {config.kind}")
+    if isinstance(num_clients, bool) or not isinstance(num_clients, int) or num_clients < 1:
+        raise SamplingError(f"num_clients must be an int >= 1, got {num_clients!r}")
+    if config.cohort_size > num_clients:
+        raise SamplingError(f"cohort_size {config.cohort_size} exceeds the {num_clients} "
+                            f"clients available")
+    return num_clients // config.cohort_size
+
+
 def sample_round(client_ids: Sequence[str], config: SamplingConfig, seed: int,
                  round: int) -> Cohort:
     """The cohort of one round.
@@ -227,6 +256,12 @@ def sample_round(client_ids: Sequence[str], config: SamplingConfig, seed: int,
         # The selection order stands in for the order in which clients finish.
         order = rng.choice(n, size=_selection_size(config, n), replace=False).tolist()
         wanted = config.cohort_size
+    elif config.kind == "shuffle":
+        epoch, slot = divmod(round, rounds_per_epoch(config, n))
+        k = config.cohort_size
+        perm = np.random.default_rng(derive_seed(seed, "shuffle", epoch)).permutation(n)
+        order = perm[slot * k:(slot + 1) * k].tolist()
+        wanted = k
     else:
         order = np.flatnonzero(rng.random(n) < config.rate).tolist()
         wanted = n
@@ -250,9 +285,11 @@ def sampling_probability(config: SamplingConfig, num_clients: int) -> float:
     "poisson": `rate`. "uniform": (clients selected) / num_clients, which is
     cohort_size / num_clients without over-selection. Fixed-size sampling without replacement
     is then accounted as if it were Poisson with this q, the usual approximation for DP-FedAvg
-    (McMahan et al. 2018). Drop-outs and availability are not credited: a client can only
-    contribute when selected, so selection bounds its inclusion probability whatever happens
-    after.
+    (McMahan et al. 2018). "shuffle": cohort_size / num_clients, the chance of being in a given
+    round; a shuffled epoch is not Poisson sampling, so this q is no basis for amplification
+    (the tree mechanism, which shuffle sampling is for, claims none). Drop-outs and
+    availability are not credited: a client can only contribute when selected, so selection
+    bounds its inclusion probability whatever happens after.
 
     Raises:
         SamplingError: num_clients < 1, or a cohort larger than the population.
@@ -261,4 +298,7 @@ def sampling_probability(config: SamplingConfig, num_clients: int) -> float:
         raise SamplingError(f"num_clients must be an int >= 1, got {num_clients!r}")
     if config.kind == "poisson":
         return float(config.rate)
+    if config.kind == "shuffle":
+        rounds_per_epoch(config, num_clients)  # checks the cohort fits
+        return config.cohort_size / num_clients
     return _selection_size(config, num_clients) / num_clients

@@ -14,6 +14,7 @@ from federated.sampling import (
     SamplingConfig,
     SamplingError,
     client_availability,
+    rounds_per_epoch,
     sample_round,
     sampling_probability,
 )
@@ -44,6 +45,7 @@ def test_uniform_cohort_size_exact_and_deterministic():
 @pytest.mark.parametrize("config", [
     SamplingConfig(cohort_size=20, dropout=0.3, over_selection=0.3),
     SamplingConfig(kind="poisson", rate=0.1, dropout=0.2, availability=(2.0, 2.0)),
+    SamplingConfig(kind="shuffle", cohort_size=30, dropout=0.2, availability=(2.0, 2.0)),
 ])
 def test_independent_of_client_order_and_of_earlier_rounds(config):
     shuffled = list(IDS)
@@ -140,6 +142,56 @@ def test_per_client_report_rate_is_its_availability_times_one_minus_dropout():
     assert min(rates.values()) < 0.25 and max(rates.values()) > 0.55
 
 
+def test_shuffle_epochs_are_permutations_without_repeats():
+    # 200 clients, cohort 30: 6 rounds an epoch, 20 clients sit each epoch out.
+    config = SamplingConfig(kind="shuffle", cohort_size=30)
+    assert rounds_per_epoch(config, 200) == 6
+    epochs = []
+    for e in range(4):
+        seen = []
+        for r in range(6 * e, 6 * e + 6):
+            c = sample_round(IDS, config, seed=7, round=r)
+            _check_partition(c)
+            assert len(c.sampled) == 30 and c.reporting == c.sampled
+            seen.extend(c.sampled)
+        assert len(seen) == len(set(seen)) == 180  # no client twice within an epoch
+        epochs.append(frozenset(seen))
+        # Deterministic for a seed; another seed shuffles otherwise.
+        assert sample_round(IDS, config, seed=7, round=6 * e) == \
+            sample_round(IDS, config, seed=7, round=6 * e)
+    assert sample_round(IDS, config, seed=8, round=0).sampled != \
+        sample_round(IDS, config, seed=7, round=0).sampled
+    # Each epoch is a fresh permutation: other clients sit out, and the cohorts differ.
+    assert len(set(epochs)) == 4
+    assert sample_round(IDS, config, seed=7, round=0).sampled != \
+        sample_round(IDS, config, seed=7, round=6).sampled
+
+
+def test_shuffle_uses_every_client_when_the_cohort_divides_them():
+    config = SamplingConfig(kind="shuffle", cohort_size=8)
+    ids = IDS[:40]
+    for e in range(3):
+        seen = [c for r in range(5 * e, 5 * e + 5)
+                for c in sample_round(ids, config, seed=1, round=r).sampled]
+        assert sorted(seen) == ids
+    # Every client sits out now and then when 200 = 6 * 30 + 20: 20 per epoch, 50 epochs.
+    config = SamplingConfig(kind="shuffle", cohort_size=30)
+    counts = dict.fromkeys(IDS, 0)
+    for r in range(6 * 50):
+        for c in sample_round(IDS, config, seed=2, round=r).sampled:
+            counts[c] += 1
+    assert max(counts.values()) <= 50 and min(counts.values()) < 50
+    assert sum(counts.values()) == 50 * 180
+
+
+def test_shuffle_dropout_applies_to_the_selected():
+    base = SamplingConfig(kind="shuffle", cohort_size=20)
+    all_drop = SamplingConfig(kind="shuffle", cohort_size=20, dropout=1.0)
+    a = sample_round(IDS, base, seed=3, round=4)
+    b = sample_round(IDS, all_drop, seed=3, round=4)
+    assert a.sampled == b.sampled and b.reporting == () and b.dropped == b.sampled
+
+
 def test_over_selection_keeps_cohort_size_reporting():
     # cohort 10, over-selection 0.3 -> ceil(13.0) = 13 selected; dropout 0.1.
     config = SamplingConfig(cohort_size=10, over_selection=0.3, dropout=0.1)
@@ -173,6 +225,11 @@ def test_sampling_probability():
     assert sampling_probability(SamplingConfig(cohort_size=10), 100) == 0.1
     assert sampling_probability(SamplingConfig(cohort_size=10, over_selection=0.3), 100) == 0.13
     assert sampling_probability(SamplingConfig(kind="poisson", rate=0.02), 100) == 0.02
+    assert sampling_probability(SamplingConfig(kind="shuffle", cohort_size=30), 200) == 0.15
+    with pytest.raises(SamplingError, match="exceeds"):
+        sampling_probability(SamplingConfig(kind="shuffle", cohort_size=10), 9)
+    with pytest.raises(SamplingError, match="only shuffle sampling has epochs"):
+        rounds_per_epoch(SamplingConfig(cohort_size=10), 100)
     with pytest.raises(SamplingError, match="exceeds"):
         sampling_probability(SamplingConfig(cohort_size=10), 9)
     with pytest.raises(SamplingError, match="num_clients"):
@@ -181,7 +238,8 @@ def test_sampling_probability():
 
 def test_config_json_round_trip():
     for c in (SamplingConfig(cohort_size=5, dropout=0.1, availability=(2, 3), over_selection=0.3),
-              SamplingConfig(kind="poisson", rate=0.5)):
+              SamplingConfig(kind="poisson", rate=0.5),
+              SamplingConfig(kind="shuffle", cohort_size=4, dropout=0.2)):
         assert SamplingConfig.from_dict(json.loads(json.dumps(c.to_dict()))) == c
     c = sample_round(IDS, SamplingConfig(cohort_size=3), seed=0, round=1)
     assert json.loads(json.dumps(c.to_dict()))["sampled"] == list(c.sampled)
@@ -201,6 +259,9 @@ def test_config_json_round_trip():
     (dict(cohort_size=3, over_selection=-0.1), "over_selection"),
     (dict(cohort_size=3, availability=(0.0, 1.0)), "availability"),
     (dict(cohort_size=3, availability=(1.0,)), "availability"),
+    (dict(kind="shuffle"), "shuffle sampling needs cohort_size"),
+    (dict(kind="shuffle", cohort_size=3, rate=0.1), "rate applies"),
+    (dict(kind="shuffle", cohort_size=3, over_selection=0.3), "over_selection"),
 ])
 def test_config_errors(kw, match):
     with pytest.raises(SamplingError, match=match):
