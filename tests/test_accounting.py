@@ -19,6 +19,10 @@ from federated.accounting import (
     dp_event,
     epsilon,
     noise_multiplier_for_epsilon,
+    tree_dp_event,
+    tree_epsilon,
+    tree_noise_multiplier_for_epsilon,
+    tree_schedule,
 )
 
 DELTA = 1e-5
@@ -141,6 +145,85 @@ def test_ledger_is_usable_without_dp_accounting():
     assert out.stdout.strip() == "needs dp_accounting"
 
 
+# ------------------------------------------------------------------- DP-FTRL's trees
+
+
+def _direct_trees(z, epochs):
+    """dp_accounting called directly: one single-epoch tree event per epoch, composed, with the
+    neighbouring relation its RDP accountant requires for them."""
+    relation = dp_accounting.NeighboringRelation.REPLACE_SPECIAL
+    acc = rdp.RdpAccountant(neighboring_relation=relation)
+    acc.compose(dp_accounting.ComposedDpEvent(
+        [dp_accounting.SingleEpochTreeAggregationDpEvent(z, list(c)) for c in epochs]))
+    return acc.get_epsilon(DELTA)
+
+
+def test_tree_schedule_cuts_epochs_into_trees():
+    assert tree_schedule(10, 4, 2) == ((2, 2), (2, 2), (2,))
+    assert tree_schedule(9, 4, 4) == ((4,), (4,), (1,))
+    assert tree_schedule(3, 6, 3) == ((3,),)
+    assert tree_schedule(0, 4, 4) == ()
+    with pytest.raises(AccountingError, match="must divide"):
+        tree_schedule(10, 4, 3)
+
+
+def test_tree_ledger_after_every_round_equals_dp_accounting_directly():
+    # 6 rounds an epoch, a tree every 3 (a restart mid-epoch), 14 rounds: 2 epochs and a part.
+    z, per_epoch, restart = 1.1, 6, 3
+    ledger = PrivacyLedger()
+    for r in range(14):
+        ledger = ledger.add_tree_round(z, new_epoch=r % per_epoch == 0,
+                                       new_tree=r % restart == 0)
+        epochs = tree_schedule(r + 1, per_epoch, restart)
+        assert ledger.tree_epochs == tuple((z, c) for c in epochs)
+        assert ledger.rounds == r + 1
+        want = _direct_trees(z, epochs)
+        assert ledger.epsilon(DELTA) == want
+        assert tree_epsilon(z, r + 1, per_epoch, restart, DELTA) == want
+    # Epoch 0's trees: [3, 3]; then [3, 3]; then [2] so far.
+    assert ledger.tree_epochs == ((z, (3, 3)), (z, (3, 3)), (z, (2,)))
+    assert tree_dp_event(z, (3, 3)) == dp_accounting.SingleEpochTreeAggregationDpEvent(z, [3, 3])
+    back = PrivacyLedger.from_dict(json.loads(json.dumps(ledger.to_dict())))
+    assert back == ledger
+
+
+def test_tree_epsilon_grows_with_the_tree_depth_and_the_epochs():
+    # A single tree of n rounds costs like one Gaussian of multiplier z / sqrt(depth):
+    # depth 1, 2, 2, 3 for n = 1, 2, 3, 4 (ceil(log2(n + 1))).
+    eps = [tree_epsilon(1.0, n, 8, 8, DELTA) for n in (1, 2, 3, 4)]
+    assert eps[0] < eps[1] == eps[2] < eps[3]
+    assert tree_epsilon(1.0, 16, 8, 8, DELTA) > tree_epsilon(1.0, 8, 8, 8, DELTA)
+    assert tree_epsilon(0.0, 3, 8, 8, DELTA) == math.inf
+    assert tree_epsilon(1.0, 0, 8, 8, DELTA) == 0.0
+
+
+def test_tree_noise_multiplier_for_epsilon_round_trips():
+    target = tree_epsilon(1.7, 20, 8, 4, DELTA)
+    z = tree_noise_multiplier_for_epsilon(target, 20, 8, 4, DELTA)
+    assert 1.7 <= z <= 1.7 * 1.0011
+    assert tree_epsilon(z, 20, 8, 4, DELTA) <= target
+    assert tree_epsilon(z * (1 - 1e-3), 20, 8, 4, DELTA) > target
+
+
+def test_tree_rounds_refuse_pld_and_gaussian_rounds():
+    with pytest.raises(AccountingError, match="pld accountant cannot account tree"):
+        tree_epsilon(1.0, 4, 4, 4, DELTA, "pld")
+    with pytest.raises(AccountingError, match="pld accountant cannot account tree"):
+        PrivacyLedger("pld").add_tree_round(1.0, new_epoch=True, new_tree=True)
+    with pytest.raises(AccountingError, match="pld accountant cannot account tree"):
+        tree_noise_multiplier_for_epsilon(1.0, 4, 4, 4, DELTA, "pld")
+    mixed = PrivacyLedger().add(1.0, 0.1).add_tree_round(1.0, new_epoch=True, new_tree=True)
+    with pytest.raises(AccountingError, match="neighbouring relations"):
+        mixed.epsilon(DELTA)
+    ledger = PrivacyLedger().add_tree_round(1.0, new_epoch=True, new_tree=True)
+    with pytest.raises(AccountingError, match="changed within an epoch"):
+        ledger.add_tree_round(2.0, new_epoch=False, new_tree=True)
+    # A ledger saved before tree rounds existed (no "tree_epochs") still loads.
+    assert PrivacyLedger.from_dict({"accountant": "rdp", "events": [[1.0, 0.1, 3]]}) \
+        == PrivacyLedger().add(1.0, 0.1, 3)
+    assert "tree_epochs" not in PrivacyLedger().add(1.0, 0.1).to_dict()
+
+
 @pytest.mark.parametrize("call, match", [
     (lambda: epsilon(-1.0, 0.1, 1, DELTA), "noise_multiplier"),
     (lambda: epsilon(1.0, 1.5, 1, DELTA), "sampling_probability"),
@@ -155,6 +238,10 @@ def test_ledger_is_usable_without_dp_accounting():
     (lambda: PrivacyLedger(events=((1.0, 0.1),)), "an event is"),
     (lambda: PrivacyLedger().add(1.0, 0.1, -2), "rounds"),
     (lambda: PrivacyLedger.from_dict({"accountant": "rdp", "spent": 1.0}), "spent"),
+    (lambda: PrivacyLedger(tree_epochs=((1.0, ()),)), "tree sizes"),
+    (lambda: PrivacyLedger(tree_epochs=((1.0,),)), "a tree epoch is"),
+    (lambda: tree_dp_event(-1.0, (2,)), "noise_multiplier"),
+    (lambda: tree_noise_multiplier_for_epsilon(1.0, 0, 4, 4, DELTA), "rounds"),
 ])
 def test_errors(call, match):
     with pytest.raises(AccountingError, match=match):
