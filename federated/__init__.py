@@ -2,16 +2,17 @@
 
     FedAvg(model, FedAvgConfig(...), stages) -> init(params) -> state; apply(state, clients,
     seed) -> (state, metrics): a round as pure functions over explicit state, with client
-    training (sequential or torch.func.vmap), a server-side chain (DP, secure aggregation) and
-    a server optimizer (FedAvg/FedAvgM, FedAdam, FedYogi, FedAdagrad; FedProx on the client).
+    training (sequential or torch.func.vmap), a server-side chain (DP-FedAvg or DP-FTRL,
+    secure aggregation) and a server optimizer (FedAvg/FedAvgM, FedAdam, FedYogi, FedAdagrad;
+    FedProx on the client).
 
 The public API, loaded lazily (importing `federated` does not import torch):
     FedAvg, FedAvgConfig, ServerState          the algorithm
     ClientConfig, ClientDataset, ClientUpdate  a client's training, data and what it sends
     ServerOptimizerConfig                      the server optimizer (federated.server_optim)
     SamplingConfig, sample_round, Cohort       who takes part in a round
-    GaussianDP, SecAgg                         server-side chain stages
-    PrivacyLedger, epsilon, noise_multiplier_for_epsilon   accounting (dp-accounting)
+    GaussianDP, TreeDP, SecAgg                 server-side chain stages (DP-FedAvg, DP-FTRL)
+    PrivacyLedger, epsilon, noise_multiplier_for_epsilon, tree_epsilon   accounting
     FederatedConfig, run_federated, load_federated_model   a whole run (`kbsim federated`)
     Group, group_from_env                      scale-out with torch.distributed (torchrun)
     ParamLayout                                flat parameter vectors
@@ -29,9 +30,10 @@ _EXPORTS = {
     "ServerOptimizerConfig": "federated.server_optim",
     "SamplingConfig": "federated.sampling", "sample_round": "federated.sampling",
     "Cohort": "federated.sampling",
-    "GaussianDP": "federated.dp", "SecAgg": "federated.secagg",
+    "GaussianDP": "federated.dp", "TreeDP": "federated.dp_ftrl", "SecAgg": "federated.secagg",
     "PrivacyLedger": "federated.accounting", "epsilon": "federated.accounting",
     "noise_multiplier_for_epsilon": "federated.accounting",
+    "tree_epsilon": "federated.accounting",
     "FederatedConfig": "federated.config", "run_federated": "federated.run",
     "load_federated_model": "federated.run",
     "Group": "federated.distributed", "group_from_env": "federated.distributed",

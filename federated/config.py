@@ -24,6 +24,9 @@ from federated.sampling import SamplingConfig
 from federated.server_optim import ServerOptimizerConfig
 
 ACCOUNTANTS = ("rdp", "pld")
+# "gaussian": DP-FedAvg's per-round Gaussian noise (federated.dp.GaussianDP); "tree": DP-FTRL's
+# tree-aggregated noise (federated.dp_ftrl.TreeDP).
+MECHANISMS = ("gaussian", "tree")
 # Settings that may change between a run and its resumption: how long it goes and what it
 # writes, never the model at a given round.
 RESUMABLE_CHANGES = ("rounds", "eval_every", "checkpoint_every", "keep_checkpoints",
@@ -32,7 +35,8 @@ RESUMABLE_CHANGES = ("rounds", "eval_every", "checkpoint_every", "keep_checkpoin
 
 @dataclass(frozen=True)
 class DPConfig:
-    """DP-FedAvg with the Gaussian mechanism (`federated.dp.GaussianDP`).
+    """Differential privacy: DP-FedAvg with the Gaussian mechanism (`federated.dp.GaussianDP`)
+    or DP-FTRL with tree aggregation (`federated.dp_ftrl.TreeDP`, `mechanism: tree`).
 
     Attributes:
         noise_multiplier: z, the noise std over the clipping norm; the accountant gets z.
@@ -46,7 +50,13 @@ class DPConfig:
         count_noise_std: Noise std on the count of unclipped updates (adaptive only); None
             takes `federated.dp`'s default (expected clients / 20, Andrew et al. 2021).
         delta: The delta epsilon is reported at (default 1/clients^1.1 is common; give it).
-        accountant: "rdp" or "pld" (Google's dp-accounting).
+        accountant: "rdp" or "pld" (Google's dp-accounting; the tree needs "rdp").
+        mechanism: "gaussian" (DP-FedAvg, the default) or "tree" (DP-FTRL, Kairouz et al. 2021:
+            no amplification by sampling is claimed; needs shuffle sampling, so that a client
+            takes part at most once per epoch, and a fixed clip norm). `noise_multiplier` is
+            then each tree node's.
+        restart_rounds: "tree" only: rounds per tree; None starts a new tree at every epoch of
+            shuffle sampling. Must divide the rounds of an epoch, so no tree spans two epochs.
     """
 
     noise_multiplier: float | None = None
@@ -57,6 +67,8 @@ class DPConfig:
     count_noise_std: float | None = None
     delta: float = 1e-5
     accountant: str = "rdp"
+    mechanism: str = "gaussian"
+    restart_rounds: int | None = None
 
     def __post_init__(self) -> None:
         if (self.noise_multiplier is None) == (self.target_epsilon is None):
@@ -72,6 +84,23 @@ class DPConfig:
         if self.accountant not in ACCOUNTANTS:
             raise ConfigError(f"dp.accountant must be one of {ACCOUNTANTS}, "
                               f"got {self.accountant!r}")
+        if self.mechanism not in MECHANISMS:
+            raise ConfigError(f"dp.mechanism must be one of {MECHANISMS}, "
+                              f"got {self.mechanism!r}")
+        r = self.restart_rounds
+        if r is not None:
+            if self.mechanism != "tree":
+                raise ConfigError("dp.restart_rounds applies to dp.mechanism: tree only")
+            if isinstance(r, bool) or not isinstance(r, int) or r < 1:
+                raise ConfigError(f"dp.restart_rounds must be an int >= 1 or null, got {r!r}")
+        if self.mechanism == "tree":
+            if self.target_quantile is not None:
+                raise ConfigError("dp.target_quantile (adaptive clipping) is not supported with "
+                                  "dp.mechanism: tree; give a fixed clip_norm")
+            if self.accountant != "rdp":
+                raise ConfigError(f"dp.mechanism: tree needs dp.accountant: rdp (dp-accounting "
+                                  f"accounts tree aggregation with RDP only), got "
+                                  f"{self.accountant!r}")
 
 
 @dataclass(frozen=True)
@@ -159,6 +188,16 @@ class FederatedConfig:
         if self.dp is not None and self.weighting != "uniform":
             raise ConfigError("dp needs weighting: uniform (DP-FedAvg bounds each client's "
                               "contribution; weighting by examples would scale it)")
+        if self.dp is not None and self.dp.mechanism == "tree" \
+                and self.sampling.kind != "shuffle":
+            raise ConfigError(f"dp.mechanism: tree needs sampling kind: shuffle (tree "
+                              f"aggregation's guarantee assumes each client at most once per "
+                              f"tree), got kind: {self.sampling.kind}")
+        if self.dp is not None and self.dp.mechanism == "gaussian" \
+                and self.sampling.kind == "shuffle":
+            raise ConfigError("sampling kind: shuffle with dp needs dp.mechanism: tree (the "
+                              "Gaussian mechanism's accounting assumes Poisson sampling, which "
+                              "shuffled epochs are not)")
         if self.eval_split not in ("train", "val", "test"):
             raise ConfigError(f"eval_split must be train, val or test, got {self.eval_split!r}")
 

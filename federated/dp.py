@@ -80,6 +80,27 @@ def clip_by_norm(vector: torch.Tensor, max_norm: float) -> tuple[torch.Tensor, f
     return vector * (max_norm / norm), norm
 
 
+def clip_contribution(c: Contribution, clip: float, name: str) -> Contribution:
+    """One client's contribution clipped to norm `clip`, with the stats the DP stages record:
+    "<name>/unclipped" (the bit 1[norm <= clip]) and "<name>/norm" (the norm before clipping).
+
+    Raises:
+        DPError: If the contribution's weight is not 1: DP-FedAvg bounds every client's
+            contribution by C, which a weight (an example count) would scale (TensorFlow
+            Federated's DP aggregators likewise require unweighted aggregation); or if the
+            update has a non-finite entry.
+    """
+    if c.weight != 1:
+        raise DPError(f"differential privacy needs uniform client weights (weight 1), got "
+                      f"{c.weight}: one client's contribution must be bounded by the clip "
+                      "norm alone")
+    vector, norm = clip_by_norm(c.vector, clip)
+    stats = dict(c.stats)
+    stats[f"{name}/unclipped"] = 1.0 if norm <= clip else 0.0
+    stats[f"{name}/norm"] = norm
+    return replace(c, vector=vector, stats=stats)
+
+
 def effective_noise_multiplier(update_noise_multiplier: float, count_noise_std: float) -> float:
     """The overall noise multiplier z of one adaptive-clipping round: noise multiplier
     `update_noise_multiplier` on the clipped updates and noise of standard deviation
@@ -218,16 +239,7 @@ class GaussianDP:
                 Federated's DP aggregators likewise require unweighted aggregation); or if the
                 update has a non-finite entry.
         """
-        if c.weight != 1:
-            raise DPError(f"differential privacy needs uniform client weights (weight 1), got "
-                          f"{c.weight}: one client's contribution must be bounded by the clip "
-                          "norm alone")
-        clip = float(state["clip_norm"])
-        vector, norm = clip_by_norm(c.vector, clip)
-        stats = dict(c.stats)
-        stats[f"{self.name}/unclipped"] = 1.0 if norm <= clip else 0.0
-        stats[f"{self.name}/norm"] = norm
-        return replace(c, vector=vector, stats=stats)
+        return clip_contribution(c, float(state["clip_norm"]), self.name)
 
     def server(self, agg: Aggregate, state: Mapping,
                generator: torch.Generator) -> tuple[Aggregate, dict, dict[str, float]]:

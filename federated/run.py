@@ -38,6 +38,7 @@ from pathlib import Path
 
 import torch
 
+from data.config import ConfigError
 from data.record import derive_seed
 from federated.accounting import PrivacyLedger
 from federated.chain import Aggregate, run_server
@@ -45,7 +46,7 @@ from federated.client import ClientDataset
 from federated.config import RESUMABLE_CHANGES, FederatedConfig
 from federated.distributed import Group, group_from_env
 from federated.fedavg import FedAvg, FedAvgConfig, ServerState
-from federated.sampling import sample_round, sampling_probability
+from federated.sampling import rounds_per_epoch, sample_round, sampling_probability
 from models.checkpoint import (
     latest_checkpoint,
     load_tensors,
@@ -73,23 +74,57 @@ def round_seed(seed: int, round: int) -> int:
     return derive_seed(seed, "federated", "round", round)
 
 
+def tree_rounds(config: FederatedConfig, num_clients: int) -> tuple[int, int]:
+    """(rounds per epoch of shuffle sampling, rounds per tree) of a `dp.mechanism: tree` run.
+
+    Raises:
+        FederatedError: `dp.restart_rounds` does not divide the epoch (a tree would span two
+            epochs and could hold a client twice).
+    """
+    epoch = rounds_per_epoch(config.sampling, num_clients)
+    restart = config.dp.restart_rounds or epoch
+    if epoch % restart:
+        raise FederatedError(
+            f"dp.restart_rounds {restart} must divide the {epoch} rounds of an epoch "
+            f"({num_clients} clients // cohort_size {config.sampling.cohort_size}), so that no "
+            "tree spans two epochs")
+    return epoch, restart
+
+
 def noise_multiplier(config: FederatedConfig, num_clients: int) -> float:
     """The DP noise multiplier z of a run: given, or the smallest that keeps its rounds within
-    `dp.target_epsilon` at `dp.delta`."""
+    `dp.target_epsilon` at `dp.delta` (for the tree: z of each tree node)."""
     dp = config.dp
     if dp.noise_multiplier is not None:
         return dp.noise_multiplier
-    from federated.accounting import noise_multiplier_for_epsilon
+    from federated.accounting import (
+        noise_multiplier_for_epsilon,
+        tree_noise_multiplier_for_epsilon,
+    )
 
+    if dp.mechanism == "tree":
+        epoch, restart = tree_rounds(config, num_clients)
+        return tree_noise_multiplier_for_epsilon(dp.target_epsilon, config.rounds, epoch,
+                                                 restart, dp.delta, dp.accountant)
     q = sampling_probability(config.sampling, num_clients)
     return noise_multiplier_for_epsilon(dp.target_epsilon, q, config.rounds, dp.delta,
                                         dp.accountant)
 
 
 def build_stages(config: FederatedConfig, num_clients: int) -> list:
-    """The server chain the config asks for: [GaussianDP][, SecAgg]."""
+    """The server chain the config asks for: [GaussianDP or TreeDP][, SecAgg]."""
     stages = []
-    if config.dp is not None:
+    if config.dp is not None and config.dp.mechanism == "tree":
+        from federated.dp_ftrl import TreeDP
+
+        _, restart = tree_rounds(config, num_clients)
+        # The tree's node noise is drawn again in later rounds, so it is seeded by the run, not
+        # by the round (federated.dp_ftrl).
+        stages.append(TreeDP(noise_multiplier=noise_multiplier(config, num_clients),
+                             expected_clients=config.sampling.cohort_size,
+                             noise_seed=derive_seed(config.seed, "federated", "tree noise"),
+                             clip_norm=config.dp.clip_norm, restart_rounds=restart))
+    elif config.dp is not None:
         from federated.dp import GaussianDP
 
         dp = config.dp
@@ -242,6 +277,8 @@ def run_federated(config: FederatedConfig, out_dir: str | Path, progress: bool =
     algo = FedAvg(model, FedAvgConfig(config.client, config.server, config.weighting,
                                       config.engine, config.vmap_chunk), stages)
     q = sampling_probability(config.sampling, len(ids))
+    tree = config.dp is not None and config.dp.mechanism == "tree"
+    epoch_rounds, tree_size = tree_rounds(config, len(ids)) if tree else (0, 0)
     ledger = PrivacyLedger(config.dp.accountant) if config.dp is not None else None
     fingerprint = _fingerprint(Path(config.data))
     if extra:
@@ -295,11 +332,16 @@ def run_federated(config: FederatedConfig, out_dir: str | Path, progress: bool =
                 config.eval_every and state.round % config.eval_every == 0)
             checkpointed = state.round == stop or state.round % config.checkpoint_every == 0
             epsilon = math.nan
-            if ledger is not None:
+            if ledger is not None and tree:
+                ledger = ledger.add_tree_round(stages[0].noise_multiplier,
+                                               new_epoch=r % epoch_rounds == 0,
+                                               new_tree=r % tree_size == 0)
+            elif ledger is not None:
                 ledger = ledger.add(stages[0].noise_multiplier, q)
-                # RDP takes ~50 ms; PLD up to seconds, so it is computed when logged at length.
-                if config.dp.accountant == "rdp" or evaluated or checkpointed:
-                    epsilon = ledger.epsilon(config.dp.delta)
+            # RDP takes ~50 ms; PLD up to seconds, so it is computed when logged at length.
+            if ledger is not None and (config.dp.accountant == "rdp" or evaluated
+                                       or checkpointed):
+                epsilon = ledger.epsilon(config.dp.delta)
             seconds = time.perf_counter() - t0
             round_seconds.append(seconds)
             row = {"round": state.round, "sampled": len(cohort.sampled),
@@ -343,7 +385,7 @@ def run_federated(config: FederatedConfig, out_dir: str | Path, progress: bool =
         "out_dir": str(out), "round": state.round, "rounds": config.rounds,
         "finished": state.round >= config.rounds, "resumed_from": resumed_from,
         "parameters": algo.layout.numel, "clients": len(ids), "eval": last_eval,
-        "epsilon": ledger.epsilon(config.dp.delta) if ledger is not None and ledger.events
+        "epsilon": ledger.epsilon(config.dp.delta) if ledger is not None and ledger.rounds
         else None,
         "delta": config.dp.delta if config.dp is not None else None,
         "noise_multiplier": stages[0].noise_multiplier if config.dp is not None else None,
@@ -359,6 +401,13 @@ def run_federated(config: FederatedConfig, out_dir: str | Path, progress: bool =
 
 
 def _same_run(saved: dict, config: FederatedConfig, where: Path) -> None:
+    # A checkpoint written before a setting existed lacks it: read back through the config
+    # class, the missing setting takes its default, which is what that run did.
+    try:
+        saved = FederatedConfig.from_dict(saved).to_dict()
+    except (ConfigError, ValueError, TypeError):
+        pass  # compared as saved: any difference is reported below
+    saved = json.loads(json.dumps(saved))
     free = set(RESUMABLE_CHANGES)
     if config.dp is not None and config.dp.target_epsilon is not None:
         free.discard("rounds")  # the noise multiplier was chosen for that many rounds

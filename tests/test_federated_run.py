@@ -8,6 +8,7 @@ CIFG trained for a few real rounds.
 
 import csv
 import json
+import math
 import os
 import signal
 import subprocess
@@ -28,7 +29,13 @@ from data.config import (
     TokenizersConfig,
 )
 from federated.config import FederatedConfig
-from federated.run import FederatedError, load_federated_model, run_federated
+from federated.run import (
+    FederatedError,
+    load_federated_model,
+    noise_multiplier,
+    run_federated,
+    tree_rounds,
+)
 from models.checkpoint import list_checkpoints, load_tensors
 
 pytest.importorskip("chitchat_dataset")
@@ -181,6 +188,77 @@ def test_dp_run_for_a_target_epsilon_spends_just_that(data_dir, tmp_path):
                       tmp_path)
     with pytest.raises(ConfigError, match="one of noise_multiplier and target_epsilon"):
         config(data_dir, weighting="uniform", dp={"clip_norm": 0.5})
+
+
+def _tree_config(data_dir, clients, **kw):
+    # Cohorts of 16 (76 clients: 4 rounds an epoch); the tree restarts every `restart` rounds,
+    # the largest divisor of the epoch up to 4, so 6 rounds cross an epoch and hold trees of
+    # several nodes.
+    epoch = clients // 16
+    restart = next(d for d in (4, 3, 2, 1) if epoch % d == 0)
+    dp = {"noise_multiplier": 0.7, "clip_norm": 0.5, "mechanism": "tree",
+          "restart_rounds": restart, "delta": 1e-5}
+    return config(data_dir, weighting="uniform", rounds=6, checkpoint_every=1,
+                  sampling={"kind": "shuffle", "cohort_size": 16, "dropout": 0.1},
+                  server={"kind": "sgd", "lr": 1.0, "momentum": 0.9}, dp=dp, **kw), epoch, restart
+
+
+def test_dp_ftrl_run_reports_epsilon_and_resumes_to_the_same_model(straight, data_dir, tmp_path):
+    clients = straight[1]["clients"]
+    cfg, epoch, restart = _tree_config(data_dir, clients)
+    s = run_federated(cfg, tmp_path / "straight")
+    assert s["finished"] and s["noise_multiplier"] == 0.7
+    m = rows(tmp_path / "straight" / "metrics.csv")
+    assert all(math.isfinite(float(r["train_loss"])) for r in m)
+    assert [int(float(r["dp/tree_round"])) for r in m] == [r % restart for r in range(6)]
+    # epsilon after every round: dp-accounting's single-epoch tree events, composed.
+    relation = dp_accounting.NeighboringRelation.REPLACE_SPECIAL
+    for r, row in enumerate(m):
+        trees = [min(restart, r + 1 - start) for start in range(0, r + 1, restart)]
+        epochs = [trees[i:i + epoch // restart] for i in range(0, len(trees), epoch // restart)]
+        acc = dp_accounting.rdp.RdpAccountant(neighboring_relation=relation)
+        acc.compose(dp_accounting.ComposedDpEvent(
+            [dp_accounting.SingleEpochTreeAggregationDpEvent(0.7, e) for e in epochs]))
+        assert float(row["epsilon"]) == pytest.approx(acc.get_epsilon(1e-5), rel=1e-9)
+    assert s["epsilon"] == pytest.approx(float(m[-1]["epsilon"]))
+    # Stopped mid-tree and resumed: the same model, bit for bit.
+    first = run_federated(cfg, tmp_path / "resumed", max_rounds=3)
+    assert first["round"] == 3
+    second = run_federated(cfg, tmp_path / "resumed")
+    assert second["resumed_from"] == 3 and second["finished"]
+    a, b = params(tmp_path / "straight"), params(tmp_path / "resumed")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert m == rows(tmp_path / "resumed" / "metrics.csv")
+
+
+def test_dp_ftrl_settings_and_noise_for_a_target_epsilon(straight, data_dir):
+    clients = straight[1]["clients"]
+    cfg, epoch, restart = _tree_config(data_dir, clients)
+    assert tree_rounds(cfg, clients) == (epoch, restart)
+    dp = {**cfg.to_dict()["dp"], "noise_multiplier": None, "target_epsilon": 8.0}
+    target = config(data_dir, weighting="uniform", rounds=6, sampling=cfg.sampling, dp=dp)
+    from federated.accounting import tree_epsilon
+
+    z = noise_multiplier(target, clients)
+    assert 0.99 * 8.0 <= tree_epsilon(z, 6, epoch, restart, 1e-5) <= 8.0
+    dp = {**cfg.to_dict()["dp"], "restart_rounds": epoch + 1}
+    with pytest.raises(FederatedError, match="restart_rounds .* must divide"):
+        tree_rounds(config(data_dir, weighting="uniform", sampling=cfg.sampling, dp=dp), clients)
+
+
+def test_a_checkpoint_from_before_dp_mechanisms_resumes(data_dir, tmp_path):
+    # Written by a run whose DP settings had no mechanism / restart_rounds yet: those take
+    # their defaults, which is what that run did.
+    cfg = config(data_dir, rounds=2, weighting="uniform", sampling={"cohort_size": 4},
+                 dp={"noise_multiplier": 1.0, "clip_norm": 0.5})
+    run_federated(cfg, tmp_path, max_rounds=1)
+    (step, path), = list_checkpoints(tmp_path / "checkpoints")
+    meta_file = next(f for f in path.iterdir() if f.suffix == ".json")
+    meta = json.loads(meta_file.read_text())
+    for key in ("mechanism", "restart_rounds"):
+        del meta["state"]["config"]["dp"][key]
+    meta_file.write_text(json.dumps(meta))
+    assert run_federated(cfg, tmp_path)["resumed_from"] == 1
 
 
 def test_settings_that_cannot_run_are_refused(data_dir, tmp_path):
