@@ -23,16 +23,17 @@ no momentum) the model after t rounds is
     theta_t = theta_0 + eta * (sum of the clipped sums of rounds 0..t-1 + prefix_noise(t)) / m
 
 (m = `expected_clients`, the fixed denominator; the server adds client deltas, so the sign is +):
-DP-FTRL of Kairouz et al. 2021 (Algorithm 1) with the update started at theta_0. With server
-momentum (FedAvgM) the momentum runs over these differences of the noisy prefix sums, which is
-their DP-FTRLM (Kairouz et al. 2021, Sec. 4 and Appendix C). Adaptive server optimizers
+DP-FTRL of Kairouz et al. 2021 with the update started at theta_0. With server momentum
+(FedAvgM) the momentum runs over these differences of the noisy prefix sums, which is their
+momentum variant, DP-FTRLM (Kairouz et al. 2021). Adaptive server optimizers
 (FedAdam, ...) are allowed but are then a post-processing of the same noisy differences, not the
 paper's algorithm.
 
 Restarts: every `restart_rounds` rounds a new tree begins, its prefix from zero; the old tree's
-prefix noise is not taken back, so it stays in the model (Kairouz et al. 2021 restart their trees
-at every epoch in the same way, Sec. 4). Over several trees the accounting composes one event
-per tree (or per epoch of trees, each client at most once per epoch).
+prefix noise is not taken back, so it stays in the model, and training goes on from where the
+old tree left it (Kairouz et al. 2021 restart the tree for each new pass over the data). The
+accounting composes one event per epoch, each holding that epoch's trees, every client at most
+once per epoch (`federated.accounting.tree_dp_event`).
 
 The noise is never stored: node (level, index) of tree k gets its standard normals from a
 generator seeded by derive_seed(noise seed, "tree", k, level, index), so it can be drawn again
@@ -142,8 +143,10 @@ class TreeDP:
             (with the tree sizes). 0 turns the noise off (clipping only, no privacy).
         expected_clients: The fixed denominator of the mean (the cohort size).
         noise_seed: Seeds every node's noise (`node_noise`); derive it from the run seed.
-        clip_norm: The fixed clipping norm C (adaptive clipping is not supported with the tree:
-            its noisy clipped-count would need its own tree and accounting).
+        clip_norm: The fixed clipping norm C. Adaptive clipping is not supported here: its
+            noisy count of unclipped updates would have to be released and accounted together
+            with the tree's noise (Xu et al. 2023 combine the two), which this stage does not
+            do.
         restart_rounds: Rounds per tree; None never restarts.
         name: The stage's name; prefixes its stats and metrics.
     """

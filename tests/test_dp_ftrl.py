@@ -269,3 +269,12 @@ def test_settings_the_tree_cannot_use_are_refused():
     ok = FederatedConfig.from_dict({**base, "sampling": {"kind": "shuffle", "cohort_size": 4}})
     assert ok.dp.mechanism == "tree" and ok.dp.restart_rounds is None
     assert DPConfig(noise_multiplier=1.0).mechanism == "gaussian"  # the default is unchanged
+
+
+def test_the_shipped_dp_ftrl_config_loads():
+    from pathlib import Path
+
+    cfg = FederatedConfig.load(Path(__file__).resolve().parents[1] / "configs"
+                               / "federated_dpftrl.yaml")
+    assert cfg.dp.mechanism == "tree" and cfg.sampling.kind == "shuffle"
+    assert cfg.weighting == "uniform" and cfg.dp.target_quantile is None
