@@ -28,6 +28,7 @@ import os
 import platform
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -104,11 +105,12 @@ def time_kbsim_cli(
                     f"{' '.join(cmd)} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}"
                 )
             results[w]["seconds"].append(seconds)
-            # The CLI's own summary times its set-up (tables, workers) apart from the records.
-            m = re.search(r"([\d.]+) s \(set-up ([\d.]+) s", proc.stderr)
+            # The CLI's own summary times its set-up (tables, workers) apart from the records;
+            # the time after set-up comes from its rate (seconds are printed to 10 ms only).
+            m = re.search(r"(\d+) written.*, then ([\d,]+) records/s", proc.stderr)
             if m is None:
                 raise RuntimeError(f"no timing in the summary line:\n{proc.stderr[-2000:]}")
-            work = float(m.group(1)) - float(m.group(2))
+            work = int(m.group(1)) / float(m.group(2).replace(",", ""))
             results[w].setdefault("work_seconds", []).append(work)
             results[w].setdefault("other_load_cores_each", []).append(load.cores)
             results[w]["command"] = " ".join(["kbsim", *cmd[len(kbsim_command()) :]])
@@ -273,6 +275,15 @@ def goals(results: dict) -> list[dict]:
             "kbsim CLI --workers 2 / --workers 1, per-record rate after set-up",
             results["kbsim_cli_w1"]["best_work_seconds"]
             / results["kbsim_cli_w2"]["best_work_seconds"],
+            GOAL_WORKERS,
+            False,
+        )
+        # The spread of this shared virtual machine shows in the medians (two busy cores are
+        # slowed by neighbours more often than one): reported beside the best, not as the goal.
+        add(
+            "kbsim CLI --workers 2 / --workers 1, per-record rate after set-up, medians (extra)",
+            statistics.median(results["kbsim_cli_w1"]["work_seconds"])
+            / statistics.median(results["kbsim_cli_w2"]["work_seconds"]),
             GOAL_WORKERS,
             False,
         )

@@ -1,11 +1,12 @@
 """A simulation job: a file of clean texts in, a file of (noisy, clean) pairs out.
 
 What `kbsim simulate` and `kbsim demo` run. The input is streamed in chunks; each chunk is
-simulated by `keyboard_sim.simulate.simulate_batch` (in this process, or in a pool of worker
-processes that also serialise their output, so the parent only reads and writes) and written in
-input order. Record ids come from line numbers (or an id field) and each record's randomness
-from (seed, id), so the output's bytes do not depend on the number of workers or the chunk size.
-Memory stays bounded: at most a few chunks per worker are in flight.
+simulated by `keyboard_sim.simulate.simulate_batch` (in this process, or in worker processes,
+`kbsim.workers.Workers`, that also read their part of the input and serialise their output, so
+the parent only appends) and written in input order. Record ids come from line numbers (or an
+id field) and each record's randomness from (seed, id), so the output's bytes do not depend on
+the number of workers or the chunk size. Memory stays bounded: at most a few chunks per worker
+are in flight.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kbsim.workers import Workers
 from keyboard_sim.io import (
     INPUT_FORMATS,
     OUTPUT_FORMATS,
@@ -129,7 +131,7 @@ def _init_worker(layout: str, profile: dict, seed: int, touches: bool, fmt: str,
 
 
 def _init_pool_worker(*args: Any) -> None:
-    """`_init_worker` in a worker process of the pool."""
+    """`_init_worker` in a worker process."""
     _init_worker(*args)
     keep_heap()
 
@@ -260,8 +262,9 @@ def run_simulate(job: SimulateJob, progress: bool = False,
     writer: Any = None
     m2_writer: M2Writer | None = None
     rejects: Rejects | None = None
-    pool = None
+    pool: Workers | None = None
     bar = None
+    finished = False
     try:
         _init_worker(*init_args)
         # Build the lazily loaded tables (lexicon, layout grids) once here, before the first
@@ -277,9 +280,8 @@ def run_simulate(job: SimulateJob, progress: bool = False,
             import gc
 
             gc.freeze()
-            # The pool before any thread starts here (tqdm's monitor): forking is then safe.
-            pool = _pool_context().Pool(job.workers, initializer=_init_pool_worker,
-                                        initargs=init_args)
+            # The workers before any thread starts here (tqdm's monitor): forking is then safe.
+            pool = Workers(job.workers, _init_pool_worker, init_args, context=_pool_context())
             gc.unfreeze()
         if progress:
             from tqdm import tqdm
@@ -316,8 +318,8 @@ def run_simulate(job: SimulateJob, progress: bool = False,
             if on_chunk is not None:
                 on_chunk(done_lines)
 
-        def handle_part(res: Any, last_line: int, part: str | None) -> None:
-            n, payload, m2, stats, bad = res.get()
+        def handle_part(res: tuple, last_line: int, part: str | None) -> None:
+            n, payload, m2, stats, bad = res
             for line, reason, raw in bad:
                 rejects.add(line, reason, raw)
             if part is not None:
@@ -334,33 +336,34 @@ def run_simulate(job: SimulateJob, progress: bool = False,
 
             parts = Path(tempfile.mkdtemp(prefix=".kbsim-parts-", dir=job.output.parent))
             try:
-                pending = deque()
-                ranges = line_ranges(job.input, job.chunk_size)
-                for k, (start, end, first, last) in enumerate(ranges):
-                    part = str(parts / f"{k}.jsonl") if out_fmt == "jsonl" else None
-                    task = (str(job.input), in_fmt, start, end, first, job.text_field,
-                            job.id_field, rejects is not None, part)
-                    pending.append((pool.apply_async(_simulate_range, (task,)), last, part))
-                    if len(pending) >= 2 * job.workers:
-                        handle_part(*pending.popleft())
-                while pending:
-                    handle_part(*pending.popleft())
+                meta: deque = deque()  # (last line, part file) of each task, in order
+
+                def range_tasks():
+                    for k, (start, end, first, last) in enumerate(
+                            line_ranges(job.input, job.chunk_size)):
+                        part = str(parts / f"{k}.jsonl") if out_fmt == "jsonl" else None
+                        meta.append((last, part))
+                        yield (str(job.input), in_fmt, start, end, first, job.text_field,
+                               job.id_field, rejects is not None, part)
+
+                for res in pool.map(_simulate_range, range_tasks()):
+                    handle_part(res, *meta.popleft())
             finally:
                 import shutil
 
                 shutil.rmtree(parts, ignore_errors=True)
         else:
-            # Bounded look-ahead instead of Pool.imap, whose feeder thread would read the
-            # whole input into its queue: at most two chunks per worker are in flight.
-            pending: deque = deque()
-            for chunk, last_line in chunks:
-                pending.append((pool.apply_async(_simulate_chunk, (chunk,)), last_line))
-                if len(pending) >= 2 * job.workers:
-                    res, line = pending.popleft()
-                    handle(res.get(), line)
-            while pending:
-                res, line = pending.popleft()
-                handle(res.get(), line)
+            # The parent reads (Parquet) and the workers simulate; `Workers.map` reads ahead
+            # at most two chunks per worker.
+            lines: deque = deque()  # last line of each chunk, in order
+
+            def chunk_tasks():
+                for chunk, last_line in chunks:
+                    lines.append(last_line)
+                    yield chunk
+
+            for res in pool.map(_simulate_chunk, chunk_tasks()):
+                handle(res, lines.popleft())
         summary.written = writer.count
         summary.rejected = rejects.count if rejects else 0
         # Every input line must be accounted for; count them apart from the reader (a fast
@@ -373,6 +376,7 @@ def run_simulate(job: SimulateJob, progress: bool = False,
             )
         if bar is not None:  # rejected lines after the last record
             bar.update(max(0, summary.records_in - bar.n))
+        finished = True
     except BaseException:
         for w in (writer, m2_writer, rejects):
             if w is not None:
@@ -380,8 +384,10 @@ def run_simulate(job: SimulateJob, progress: bool = False,
         raise
     finally:
         if pool is not None:
-            pool.terminate()
-            pool.join()
+            if finished:
+                pool.close()
+            else:
+                pool.terminate()
         if bar is not None:
             bar.close()
     for w in (writer, m2_writer, rejects):
