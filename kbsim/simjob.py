@@ -147,13 +147,15 @@ def keep_heap() -> None:
     glibc only.
     """
     import ctypes
-    import ctypes.util
 
-    name = ctypes.util.find_library("c")
-    if not name or "libc.so" not in name:
+    try:  # glibc only; asked directly (ctypes.util.find_library would run ldconfig)
+        version = os.confstr("CS_GNU_LIBC_VERSION") or ""
+    except (ValueError, OSError, AttributeError):
+        return
+    if not version.startswith("glibc"):
         return
     try:
-        libc = ctypes.CDLL(name)
+        libc = ctypes.CDLL(None)  # the process's own symbols, glibc's mallopt among them
         m_trim_threshold, m_mmap_threshold = -1, -3
         libc.mallopt(m_mmap_threshold, 256 << 20)
         libc.mallopt(m_trim_threshold, 512 << 20)
