@@ -100,11 +100,12 @@ def load(data: Path, seed: int, model_overrides: dict | None = None):
 class KbsimRun:
     """kbsim FedAvg, one round per `step` call (weighting by examples, server SGD lr 1)."""
 
-    def __init__(self, model, p0, train, cohorts_of, engine: str, client, seed: int) -> None:
+    def __init__(self, model, p0, train, cohorts_of, engine: str, client, seed: int,
+                 device: str = "cpu") -> None:
         from federated.fedavg import FedAvg, FedAvgConfig
 
         self.algo = FedAvg(model, FedAvgConfig(client=client, weighting="examples",
-                                               engine=engine))
+                                               engine=engine, device=device))
         self.state = self.algo.init(p0)
         self.train, self.cohorts_of, self.seed = train, cohorts_of, seed
         self.params: list = []  # the weights after each round
@@ -124,7 +125,8 @@ class CentralRun:
     """Centralised SGD on one model: round r trains once over its cohort's pooled examples,
     in shuffled batches of the client batch size, at the client lr."""
 
-    def __init__(self, model, p0, train, cohorts_of, client, seed: int) -> None:
+    def __init__(self, model, p0, train, cohorts_of, client, seed: int,
+                 device: str = "cpu") -> None:
         import copy
 
         import torch
@@ -133,6 +135,8 @@ class CentralRun:
 
         self.model = copy.deepcopy(model)
         ParamLayout.of(self.model).load(self.model, p0)
+        self.device = torch.device(device)
+        self.model.to(self.device)
         self.opt = torch.optim.SGD(self.model.parameters(), lr=client.lr)
         self.train, self.cohorts_of, self.seed = train, cohorts_of, seed
         self.batch_size = client.batch_size
@@ -145,14 +149,16 @@ class CentralRun:
 
         self.model.train()
         ids = self.cohorts_of(r)
-        x = torch.cat([self.train[c].x for c in ids])
-        y = torch.cat([self.train[c].y for c in ids])
+        x = torch.cat([self.train[c].x for c in ids]).to(self.device)
+        y = torch.cat([self.train[c].y for c in ids]).to(self.device)
         g = torch.Generator().manual_seed(derive_seed(self.seed, "bench", "central", r))
         batches = torch.randperm(len(x), generator=g).split(self.batch_size)
         for idx in batches:
             self.opt.zero_grad(set_to_none=True)
             nwp_loss(self.model(x[idx]), y[idx]).backward()
             self.opt.step()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # the round is done when its last step is
         return len(batches)
 
 
@@ -178,6 +184,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-flower", action="store_true", help="skip the Flower run")
     ap.add_argument("--core", type=int, help="core to pin kbsim and centralised to "
                     "(default: the least busy one)")
+    ap.add_argument("--device", default="cpu",
+                    help="where every run trains: cpu or cuda (kbsim's clients, centralised "
+                    "SGD and Flower's clients alike; Flower's actors then get --flower-gpus)")
+    ap.add_argument("--flower-gpus", type=float, default=0.25,
+                    help="GPU share of each Flower actor with --device cuda")
     ap.add_argument("--model", type=json.loads, default={}, metavar="JSON",
                     help="CIFGConfig fields to change, e.g. '{\"embed_dim\": 8, \"hidden_dim\": "
                     "16}': not the standard task, but shows where per-client overhead dominates")
@@ -220,9 +231,9 @@ def main(argv: list[str] | None = None) -> int:
     os.sched_setaffinity(0, {core})
     # The runs take turns round by round, so that load from other programs on this shared
     # machine falls on all of them alike rather than on whichever ran at the time.
-    steppers = {f"kbsim {e}": KbsimRun(model, p0, train, cohorts_of, e, client, SEED)
-                for e in args.engines}
-    steppers["centralised"] = CentralRun(model, p0, train, cohorts_of, client, SEED)
+    steppers = {f"kbsim {e}": KbsimRun(model, p0, train, cohorts_of, e, client, SEED,
+                                       args.device) for e in args.engines}
+    steppers["centralised"] = CentralRun(model, p0, train, cohorts_of, client, SEED, args.device)
     runs: dict[str, dict] = {k: {"round_seconds": [], "local_steps": [],
                                  "other_load_cores": []} for k in steppers}
     for r in range(args.rounds):
@@ -247,12 +258,14 @@ def main(argv: list[str] | None = None) -> int:
         from federated.flower import run_flower
 
         logging.getLogger("flwr").setLevel(logging.WARNING)
-        backend = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+        gpus = args.flower_gpus if args.device.startswith("cuda") else 0.0
+        backend = {"client_resources": {"num_cpus": 1, "num_gpus": gpus},
                    "init_args": {"num_cpus": args.flower_cpus}}
         with OtherLoad() as load_:
             out = run_flower(train, "cifg", model_config, client, rounds=args.flower_rounds,
                              cohort_size=COHORT, seed=SEED, initial_params=p0,
-                             cohorts=lambda r: cohorts_of(r), backend_config=backend)
+                             cohorts=lambda r: cohorts_of(r), backend_config=backend,
+                             device=args.device)
         runs["Flower"] = {"round_seconds": out["round_seconds"],
                           "setup_seconds": out["setup_seconds"], "seconds": out["seconds"],
                           "other_load_cores": [load_.cores]}
@@ -322,10 +335,12 @@ def main(argv: list[str] | None = None) -> int:
             "machine": {"platform": platform.platform(), "python": platform.python_version(),
                         "cpus": os.cpu_count(), "torch": torch.__version__,
                         "flwr": flwr.__version__},
-            "settings": {"model": model_config, "clients": len(ids), "cohort": COHORT, "batch_size": 16, "epochs": 1,
+            "settings": {"model": model_config, "clients": len(ids), "cohort": COHORT,
+                         "batch_size": 16, "epochs": 1,
                          "seq_len": SEQ_LEN, "client_lr": client.lr,
                          "parameters": p0.numel(), "threads": args.threads,
-                         "flower_cpus": args.flower_cpus, "pinned_core": core},
+                         "flower_cpus": args.flower_cpus, "pinned_core": core,
+                         "device": args.device},
             "examples_per_round": examples, "runs": runs, "ratios": ratios,
             "max_abs_diff_from_kbsim_sequential": flower_check,
         }

@@ -106,6 +106,13 @@ class ClientDataset:
         if self.x.dtype != torch.int64 or self.y.dtype != torch.int64:
             raise ClientError(f"client {self.client_id}: ids must be int64")
 
+    def to(self, device: str | torch.device) -> ClientDataset:
+        """The same examples on `device` (this object when they are there already)."""
+        device = torch.device(device)
+        if self.x.device == device:
+            return self
+        return ClientDataset(self.client_id, self.x.to(device), self.y.to(device))
+
     @classmethod
     def from_dataset(cls, client_id: str, dataset) -> ClientDataset:
         """From a `data.torch_data.NextWordDataset` (its sequences, without copying)."""

@@ -130,6 +130,8 @@ class FederatedConfig:
         weighting: "examples" or "uniform" (DP needs uniform).
         engine: "sequential" or "vmap".
         vmap_chunk: Clients trained together by the vmap engine.
+        device: Where clients train: "cpu", "cuda" (under torchrun, each process takes the GPU
+            of its LOCAL_RANK) or "cuda:N". The server steps and the evaluation run on the CPU.
         dp: Differential privacy, or None.
         secagg: Secure-aggregation quantization, or None.
         eval_every: Evaluate on the held-out users every this many rounds (0: at the end only;
@@ -152,6 +154,7 @@ class FederatedConfig:
     weighting: str = "examples"
     engine: str = "sequential"
     vmap_chunk: int = 16
+    device: str = "cpu"
     dp: DPConfig | None = None
     secagg: SecAggConfig | None = None
     eval_every: int = 10
@@ -185,6 +188,8 @@ class FederatedConfig:
             raise ConfigError(f"weighting must be one of {WEIGHTINGS}, got {self.weighting!r}")
         if self.engine not in ENGINES:
             raise ConfigError(f"engine must be one of {ENGINES}, got {self.engine!r}")
+        if not isinstance(self.device, str) or self.device.split(":")[0] not in ("cpu", "cuda"):
+            raise ConfigError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
         if self.dp is not None and self.weighting != "uniform":
             raise ConfigError("dp needs weighting: uniform (DP-FedAvg bounds each client's "
                               "contribution; weighting by examples would scale it)")

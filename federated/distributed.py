@@ -19,9 +19,12 @@ On several machines, start the same command on each with the rendezvous of one o
         --master-port 29500 -m kbsim.cli federated CONFIG --out DIR     # node 0
     ... --node-rank 1 ...                                               # node 1
 
-Every node needs the data build folder at the same path. Gloo is the backend on CPU and NCCL
-on GPUs; only rank 0 writes logs and checkpoints (to a folder all ranks can read when a run is
-resumed).
+Every node needs the data build folder at the same path. With `device: cuda` in the config each
+process trains its clients on the GPU of its LOCAL_RANK (`federated.run.client_device`); the
+round's sum is one vector that the server side keeps on the CPU, so `kbsim federated` all-reduces
+it with gloo whatever the device (`group_from_env("nccl")` is there for programs that keep their
+sums on the GPU). Only rank 0 writes logs and checkpoints (to a folder all ranks can read when a
+run is resumed).
 """
 
 from __future__ import annotations

@@ -68,6 +68,9 @@ class FedAvgConfig:
         engine: "sequential" (clients one after another on one working model) or "vmap"
             (`torch.func.vmap` over a chunk of clients); same result up to float rounding.
         vmap_chunk: Clients trained together by the vmap engine.
+        device: Where clients train ("cpu", "cuda", "cuda:1"); the server (the chain, its
+            noise, the optimizer) stays on the CPU and gets each update there, so results
+            differ across devices by float rounding only.
     """
 
     client: ClientConfig = field(default_factory=ClientConfig)
@@ -75,6 +78,7 @@ class FedAvgConfig:
     weighting: str = "examples"
     engine: str = "sequential"
     vmap_chunk: int = 16
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
         if not isinstance(self.client, ClientConfig):
@@ -89,6 +93,23 @@ class FedAvgConfig:
         if isinstance(self.vmap_chunk, bool) or not isinstance(self.vmap_chunk, int) \
                 or self.vmap_chunk < 1:
             raise FedAvgError(f"vmap_chunk must be an int >= 1, got {self.vmap_chunk!r}")
+        check_device(self.device, FedAvgError)
+
+
+def check_device(device: object, error: type[Exception]) -> torch.device:
+    """`device` as a torch.device; raises `error` for a bad name or a GPU this machine lacks."""
+    if not isinstance(device, str):
+        raise error(f"device must be a string such as 'cpu' or 'cuda', got {device!r}")
+    try:
+        d = torch.device(device)
+    except RuntimeError as e:
+        raise error(f"device {device!r}: {e}") from None
+    if d.type == "cuda" and not torch.cuda.is_available():
+        raise error(f"device {device!r}: torch sees no CUDA GPU here "
+                    "(torch.cuda.is_available() is False)")
+    if d.type not in ("cpu", "cuda"):
+        raise error(f"device {device!r}: clients train on 'cpu' or 'cuda' devices")
+    return d
 
 
 @dataclass(frozen=True)
@@ -135,7 +156,9 @@ class FedAvg:
         self.pad_id = pad_id if pad_id is not None else model.config.pad_id
         self.layout = ParamLayout.of(model)
         self.stat_names = [*TRAIN_STATS, *stat_names(self.stages)]
+        self.device = torch.device(config.device)
         self._bound = None  # the sequential engine's working model, made on first use
+        self._vmap_model = None  # the vmap engine's architecture on the device
 
     # ---------------------------------------------------------------- state
 
@@ -153,20 +176,29 @@ class FedAvg:
     def train(self, state: ServerState, clients: Sequence[ClientDataset],
               seed: int) -> Iterator[ClientUpdate]:
         """Each client's local training from the server's weights; updates in client order."""
+        import copy
+
         seeds = [derive_seed(seed, "client", c.client_id) for c in clients]
-        cfg = self.config
+        cfg, dev = self.config, self.device
+        params = state.params.to(dev)
+        clients = [c.to(dev) for c in clients]
         if cfg.engine == "vmap":
             from federated.vmap import train_clients_vmap
 
-            return train_clients_vmap(self.model, self.layout, state.params, clients,
-                                      cfg.client, seeds, self.loss_fn, self.pad_id,
-                                      cfg.vmap_chunk)
-        if self._bound is None:
-            import copy
-
-            self._bound = self.layout.bind(copy.deepcopy(self.model))
-        return train_clients_sequential(self._bound, state.params, clients, cfg.client, seeds,
-                                        self.loss_fn, self.pad_id)
+            if self._vmap_model is None:
+                self._vmap_model = copy.deepcopy(self.model).to(dev)
+            updates = train_clients_vmap(self._vmap_model, self.layout, params, clients,
+                                         cfg.client, seeds, self.loss_fn, self.pad_id,
+                                         cfg.vmap_chunk)
+        else:
+            if self._bound is None:
+                self._bound = self.layout.bind(copy.deepcopy(self.model).to(dev))
+            updates = train_clients_sequential(self._bound, params, clients, cfg.client, seeds,
+                                               self.loss_fn, self.pad_id)
+        if dev.type == "cpu":
+            return updates
+        # The server side is on the CPU: each update goes there as it is made.
+        return (replace(u, delta=u.delta.cpu()) for u in updates)
 
     # ---------------------------------------------------------------- 2. on the way
 

@@ -158,12 +158,13 @@ def _open_shared(folder: str, token: str) -> dict[str, ClientDataset]:
 
 
 @lru_cache(maxsize=4)
-def _working_model(model_kind: str, config_json: str) -> tuple[BoundModel, ParamLayout]:
-    """A model of this kind bound to flat buffers, built once per process and reused (its
-    weights are overwritten by every training call)."""
+def _working_model(model_kind: str, config_json: str,
+                   device: str = "cpu") -> tuple[BoundModel, ParamLayout]:
+    """A model of this kind on `device` bound to flat buffers, built once per process and
+    reused (its weights are overwritten by every training call)."""
     from models.lm import build_lm
 
-    model = build_lm(model_kind, json.loads(config_json), generator=torch.Generator())
+    model = build_lm(model_kind, json.loads(config_json), generator=torch.Generator()).to(device)
     layout = ParamLayout.of(model)
     return layout.bind(model), layout
 
@@ -183,7 +184,7 @@ def _flat(layout: ParamLayout, arrays: ArrayRecord) -> torch.Tensor:
 
 
 def client_app(clients: Mapping[str, ClientDataset], model_kind: str, model_config: Mapping,
-               client_config: ClientConfig, seed: int) -> ClientApp:
+               client_config: ClientConfig, seed: int, device: str = "cpu") -> ClientApp:
     """A Flower ClientApp whose train step is kbsim's local training.
 
     A training message carries the server's weights (ArrayRecord under "arrays") and its config
@@ -201,6 +202,7 @@ def client_app(clients: Mapping[str, ClientDataset], model_kind: str, model_conf
         model_config: Its config fields (must match the server's weights).
         client_config: Local training settings.
         seed: The run seed.
+        device: Where the node trains ("cpu", "cuda"); weights travel in messages on the CPU.
 
     Returns:
         The ClientApp (train messages only).
@@ -220,14 +222,14 @@ def client_app(clients: Mapping[str, ClientDataset], model_kind: str, model_conf
         else:
             cid = ids[int(context.node_config[PARTITION_KEY])]
         r = int(config[ROUND_KEY]) - 1
-        bound, layout = _working_model(model_kind, config_json)
-        params = _flat(layout, msg.content[ARRAYS_KEY])
-        update = train_client(bound, params, clients[cid], client_config,
+        bound, layout = _working_model(model_kind, config_json, device)
+        params = _flat(layout, msg.content[ARRAYS_KEY]).to(device)
+        update = train_client(bound, params, clients[cid].to(device), client_config,
                               derive_seed(round_seed(seed, r), "client", cid), nwp_loss,
                               bound.model.config.pad_id)
         loss = update.loss_sum / update.tokens if update.tokens else 0.0
         reply = RecordDict({
-            ARRAYS_KEY: _arrays(layout, bound.weights),
+            ARRAYS_KEY: _arrays(layout, bound.weights.cpu()),
             METRICS_KEY: MetricRecord({WEIGHT_KEY: update.num_examples, "train-loss": loss,
                                        "steps": update.steps}),
         })
@@ -288,7 +290,8 @@ def run_flower(clients: Mapping[str, ClientDataset], model_kind: str, model_conf
                client_config: ClientConfig, *, rounds: int, cohort_size: int, seed: int,
                initial_params: torch.Tensor,
                cohorts: Callable[[int], Sequence[str]] | None = None,
-               backend_config: dict | None = None, workdir: str | Path | None = None) -> dict:
+               backend_config: dict | None = None, workdir: str | Path | None = None,
+               device: str = "cpu") -> dict:
     """Federated averaging of kbsim clients in Flower's simulation engine (Ray).
 
     Args:
@@ -306,6 +309,8 @@ def run_flower(clients: Mapping[str, ClientDataset], model_kind: str, model_conf
             under "init_args" (e.g. {"num_cpus": 1} for a single actor).
         workdir: Where the clients' examples are shared with the actors (default: a temporary
             folder, removed afterwards).
+        device: Where the clients train ("cpu", "cuda"); give the actors GPUs too, e.g.
+            backend_config {"client_resources": {"num_cpus": 1, "num_gpus": 0.25}}.
 
     Returns:
         {"params": final weights (flat float32), "round_seconds": wall time of each round
@@ -364,7 +369,7 @@ def run_flower(clients: Mapping[str, ClientDataset], model_kind: str, model_conf
 
     with tempfile.TemporaryDirectory(prefix="kbsim-flower-") as tmp:
         shared = SharedClients.write(clients, workdir if workdir is not None else tmp)
-        app = client_app(shared, model_kind, model_config, client_config, seed)
+        app = client_app(shared, model_kind, model_config, client_config, seed, device)
         # Flower's Ray backend sets this process's PYTHONPATH to its whole sys.path (for its
         # actors) and leaves it so; put the caller's back, so later subprocesses (another
         # virtual environment's pip) do not see this environment's packages.

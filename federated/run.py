@@ -32,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -45,7 +46,7 @@ from federated.chain import Aggregate, run_server
 from federated.client import ClientDataset
 from federated.config import RESUMABLE_CHANGES, FederatedConfig
 from federated.distributed import Group, group_from_env
-from federated.fedavg import FedAvg, FedAvgConfig, ServerState
+from federated.fedavg import FedAvg, FedAvgConfig, FedAvgError, ServerState
 from federated.sampling import rounds_per_epoch, sample_round, sampling_probability
 from models.checkpoint import (
     latest_checkpoint,
@@ -109,6 +110,14 @@ def noise_multiplier(config: FederatedConfig, num_clients: int) -> float:
     q = sampling_probability(config.sampling, num_clients)
     return noise_multiplier_for_epsilon(dp.target_epsilon, q, config.rounds, dp.delta,
                                         dp.accountant)
+
+
+def client_device(device: str) -> str:
+    """The device this process's clients train on: "cuda" under torchrun means the GPU of the
+    process's LOCAL_RANK (one GPU per process, as torchrun lays them out)."""
+    if device == "cuda" and "LOCAL_RANK" in os.environ:
+        return f"cuda:{int(os.environ['LOCAL_RANK'])}"
+    return device
 
 
 def build_stages(config: FederatedConfig, num_clients: int) -> list:
@@ -274,8 +283,12 @@ def run_federated(config: FederatedConfig, out_dir: str | Path, progress: bool =
         raise FederatedError(f"{config.data}: no {which} messages to train or evaluate on")
     ids = sorted(train)
     stages = build_stages(config, len(ids))
-    algo = FedAvg(model, FedAvgConfig(config.client, config.server, config.weighting,
-                                      config.engine, config.vmap_chunk), stages)
+    try:
+        algo = FedAvg(model, FedAvgConfig(config.client, config.server, config.weighting,
+                                          config.engine, config.vmap_chunk,
+                                          client_device(config.device)), stages)
+    except FedAvgError as e:
+        raise FederatedError(str(e)) from None
     q = sampling_probability(config.sampling, len(ids))
     tree = config.dp is not None and config.dp.mechanism == "tree"
     epoch_rounds, tree_size = tree_rounds(config, len(ids)) if tree else (0, 0)

@@ -15,7 +15,9 @@ takes exactly its batches of `federated.client.batch_plan`, so the result equals
 `federated.client.train_client` up to float rounding (tested).
 
 The model must be free of randomness (no dropout) and of in-place state (no batch norm), as
-`torch.func` requires.
+`torch.func` requires. Everything runs on the device of `params` (the model and the clients'
+examples must be there too); this is the engine meant for accelerators, where a chunk's step is
+one batched kernel instead of one per client.
 """
 
 from __future__ import annotations
@@ -34,7 +36,6 @@ from federated.client import (
     LossFn,
     batch_plan,
     clip_factor,
-    tokens_of,
 )
 from federated.params import ParamLayout
 
@@ -88,7 +89,7 @@ def _train_chunk(model, layout, params, clients, config, seeds, loss_fn,
         return loss_fn(functional_call(model, layout.unflatten(w), (x,)), y)
 
     step_fn = vmap(grad_and_value(loss_of), randomness="error")
-    weights = params.detach().unsqueeze(0).repeat(n, 1)  # (clients, P)
+    weights = params.detach().unsqueeze(0).repeat(n, 1)  # (clients, P), on params' device
     loss_sums = [0.0] * n
     tokens = [0] * n
     was_training = model.training
@@ -96,8 +97,8 @@ def _train_chunk(model, layout, params, clients, config, seeds, loss_fn,
     try:
         for k in range(len(plans[0])):
             active = sum(1 for p in plans if len(p) > k)  # a prefix, by the order above
-            x = torch.full((active, b, seq_len), pad_id, dtype=torch.int64)
-            y = torch.full((active, b, seq_len), pad_id, dtype=torch.int64)
+            x = torch.full((active, b, seq_len), pad_id, dtype=torch.int64, device=weights.device)
+            y = torch.full((active, b, seq_len), pad_id, dtype=torch.int64, device=weights.device)
             for i in range(active):
                 idx = plans[i][k]
                 x[i, : len(idx)] = clients[i].x[idx]
@@ -110,8 +111,9 @@ def _train_chunk(model, layout, params, clients, config, seeds, loss_fn,
                 if config.clip_grad_norm is not None:
                     g.mul_(clip_factor(g.norm(dim=1, keepdim=True), config.clip_grad_norm))
                 w.add_(g, alpha=-config.lr)
-            for i, (li, yi) in enumerate(zip(loss.tolist(), y, strict=True)):
-                t = tokens_of(yi, pad_id)
+            # One transfer each per step (on an accelerator, not one per client).
+            counts = (y != pad_id).sum(dim=(1, 2)).tolist()
+            for i, (li, t) in enumerate(zip(loss.tolist(), counts, strict=True)):
                 loss_sums[i] += li * t
                 tokens[i] += t
     finally:
