@@ -145,6 +145,19 @@ def adaptive_noise_multiplier(noise_multiplier: float, count_noise_std: float) -
     return (noise_multiplier ** -2 - (2.0 * count_noise_std) ** -2) ** -0.5
 
 
+def check_stage_settings(stage) -> None:
+    """The settings every DP stage has: noise_multiplier >= 0, expected_clients > 0 and
+    clip_norm > 0 (all finite), and a name for its stats; raises `DPError`."""
+    if not (math.isfinite(stage.noise_multiplier) and stage.noise_multiplier >= 0):
+        raise DPError(f"noise_multiplier must be finite and >= 0, got {stage.noise_multiplier}")
+    if not (math.isfinite(stage.expected_clients) and stage.expected_clients > 0):
+        raise DPError(f"expected_clients must be > 0, got {stage.expected_clients}")
+    if not (math.isfinite(stage.clip_norm) and stage.clip_norm > 0):
+        raise DPError(f"clip_norm must be finite and > 0, got {stage.clip_norm}")
+    if not stage.name or "/" in stage.name:
+        raise DPError(f"name must be non-empty and without '/', got {stage.name!r}")
+
+
 @dataclass(frozen=True, kw_only=True)
 class GaussianDP:
     """DP-FedAvg's clipping and Gaussian noise as a `federated.chain.Stage`.
@@ -181,12 +194,7 @@ class GaussianDP:
     name: str = "dp"
 
     def __post_init__(self) -> None:
-        if not (math.isfinite(self.noise_multiplier) and self.noise_multiplier >= 0):
-            raise DPError(f"noise_multiplier must be finite and >= 0, got {self.noise_multiplier}")
-        if not (math.isfinite(self.expected_clients) and self.expected_clients > 0):
-            raise DPError(f"expected_clients must be > 0, got {self.expected_clients}")
-        if not (math.isfinite(self.clip_norm) and self.clip_norm > 0):
-            raise DPError(f"clip_norm must be finite and > 0, got {self.clip_norm}")
+        check_stage_settings(self)
         if self.target_quantile is not None and not 0 < self.target_quantile < 1:
             raise DPError(f"target_quantile must be in (0, 1), got {self.target_quantile}")
         if not (math.isfinite(self.clip_learning_rate) and self.clip_learning_rate > 0):
@@ -194,8 +202,6 @@ class GaussianDP:
         if self.count_noise_std is not None and not (
                 math.isfinite(self.count_noise_std) and self.count_noise_std >= 0):
             raise DPError(f"count_noise_std must be finite and >= 0, got {self.count_noise_std}")
-        if not self.name or "/" in self.name:
-            raise DPError(f"name must be non-empty and without '/', got {self.name!r}")
         if self.adaptive:
             # Fails here, at configuration time, when sigma_b is too small for z.
             adaptive_noise_multiplier(self.noise_multiplier, self.bits_noise_std)

@@ -51,7 +51,7 @@ import torch
 
 from data.record import derive_seed
 from federated.chain import SUM_DTYPE, Aggregate, Contribution
-from federated.dp import DPError, clip_contribution
+from federated.dp import DPError, check_stage_settings, clip_contribution
 
 # A tree node as (level, index): it covers rounds [index * 2^level, (index + 1) * 2^level).
 Node = tuple[int, int]
@@ -159,20 +159,13 @@ class TreeDP:
     name: str = "dp"
 
     def __post_init__(self) -> None:
-        if not (math.isfinite(self.noise_multiplier) and self.noise_multiplier >= 0):
-            raise DPError(f"noise_multiplier must be finite and >= 0, got {self.noise_multiplier}")
-        if not (math.isfinite(self.expected_clients) and self.expected_clients > 0):
-            raise DPError(f"expected_clients must be > 0, got {self.expected_clients}")
-        if not (math.isfinite(self.clip_norm) and self.clip_norm > 0):
-            raise DPError(f"clip_norm must be finite and > 0, got {self.clip_norm}")
+        check_stage_settings(self)
         s = self.noise_seed
         if isinstance(s, bool) or not isinstance(s, int) or s < 0:
             raise DPError(f"noise_seed must be an int >= 0, got {s!r}")
         r = self.restart_rounds
         if r is not None and (isinstance(r, bool) or not isinstance(r, int) or r < 1):
             raise DPError(f"restart_rounds must be None or an int >= 1, got {r!r}")
-        if not self.name or "/" in self.name:
-            raise DPError(f"name must be non-empty and without '/', got {self.name!r}")
 
     @property
     def stat_names(self) -> tuple[str, ...]:
