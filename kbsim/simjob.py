@@ -350,6 +350,9 @@ def run_simulate(job: SimulateJob, progress: bool = False,
 
                 for res in pool.map(_simulate_range, range_tasks()):
                     handle_part(res, *meta.popleft())
+            except BaseException:
+                pool.terminate()  # before the folder goes, so that no worker writes in it
+                raise
             finally:
                 import shutil
 

@@ -151,6 +151,7 @@ def test_invalid_utf8_names_the_line_or_goes_to_rejects(tmp_path, capsys):
     assert "in.txt line 3: invalid UTF-8" in err and "--rejects" in err
     assert "Traceback" not in err
     assert not out.exists()  # atomic: nothing half-written
+    assert not list(tmp_path.glob(".kbsim-*"))  # nor the workers' parts
     rej = tmp_path / "rejects.jsonl"
     assert _run("simulate", "-i", inp, "-o", out, "--rejects", rej) == 0
     assert [r["id"] for r in _jsonl(out)] == ["0", "1", "3"]
