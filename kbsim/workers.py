@@ -46,7 +46,12 @@ def _failure(k: int, e: BaseException) -> tuple[int, bool, BaseException]:
 def _worker_main(init: Callable[..., None] | None, init_args: tuple, tasks: Any,
                  results: Any) -> None:
     """A worker: set up once, then run tasks from the queue until the None sentinel. A set-up
-    that fails fails every task it is given, so the parent sees its exception."""
+    that fails fails every task it is given, so the parent sees its exception. Ctrl-C is the
+    parent's to handle (it stops the workers): a worker ignores SIGINT, which a terminal sends
+    to the whole process group."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     failed = None
     try:
         if init is not None:

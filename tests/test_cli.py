@@ -269,3 +269,28 @@ def test_workers_reading_their_own_ranges_match_one_process(tmp_path, ext):
         results.append((out.read_bytes(), rej.read_bytes()))
     assert len(set(results)) == 1
     assert results[0][1].count(b"\n") == (9 if ext == "txt" else 27)
+
+
+def test_ctrl_c_stops_the_workers_cleanly(tmp_path):
+    # A terminal's Ctrl-C goes to the whole process group: the workers leave it to the parent,
+    # which stops them and exits 130, with no traceback and no output or parts left behind.
+    import signal
+    import time
+
+    inp = tmp_path / "in.txt"
+    inp.write_text("the quick brown fox jumps over the lazy dog, doesn't it?\n" * 400_000)
+    out = tmp_path / "out.jsonl"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-m", "kbsim.cli", "simulate", "-i", str(inp),
+                             "-o", str(out), "--workers", "2", "--no-progress"], env=env,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob(".kbsim-parts-*/*")) and proc.poll() is None:
+        assert time.monotonic() < deadline, "the workers never started"
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    assert not out.exists() and not list(tmp_path.glob(".kbsim-*"))
