@@ -8,6 +8,7 @@ worker, and a bounded look-ahead: at most `ahead` tasks are queued or running at
 memory stays bounded whatever the input's size.
 
     with Workers(2, init, init_args) as pool:
+        pool.wait_ready()                    # optional: every worker set up
         for result in pool.map(fn, tasks):   # in the order of `tasks`
             ...
 
@@ -43,12 +44,16 @@ def _failure(k: int, e: BaseException) -> tuple[int, bool, BaseException]:
     return k, False, e
 
 
+_READY = -1
+"""The id of the message a worker sends first, once set up (ok, or its set-up's failure)."""
+
+
 def _worker_main(init: Callable[..., None] | None, init_args: tuple, tasks: Any,
                  results: Any) -> None:
-    """A worker: set up once, then run tasks from the queue until the None sentinel. A set-up
-    that fails fails every task it is given, so the parent sees its exception. Ctrl-C is the
-    parent's to handle (it stops the workers): a worker ignores SIGINT, which a terminal sends
-    to the whole process group."""
+    """A worker: set up once, report that on its pipe, then run tasks from the queue until the
+    None sentinel. A set-up that fails also fails every task it is given, so the parent sees
+    its exception either way. Ctrl-C is the parent's to handle (it stops the workers): a worker
+    ignores SIGINT, which a terminal sends to the whole process group."""
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -58,6 +63,7 @@ def _worker_main(init: Callable[..., None] | None, init_args: tuple, tasks: Any,
             init(*init_args)
     except BaseException as e:  # noqa: BLE001
         failed = e
+    results.send((_READY, True, None) if failed is None else _failure(_READY, failed))
     while (item := tasks.get()) is not None:
         k, fn, arg = item
         if failed is not None:
@@ -104,6 +110,7 @@ class Workers:
             self.terminate()
             raise
         self._busy = False
+        self._waiting_ready = True  # each pipe's first message is its worker's ready report
         self._next_id = 0  # task ids run across maps, so a left-over result is never mistaken
         self._broken = False
 
@@ -115,6 +122,29 @@ class Workers:
             self.close()
         else:
             self.terminate()
+
+    def wait_ready(self) -> None:
+        """Waits until every worker has run its `init`, e.g. so that the set-up of a job is
+        timed apart from its work. Without it, the tasks simply wait for the set-up (and after
+        a `map` has begun, this returns at once).
+
+        Raises:
+            The exception a worker's `init` raised, or `WorkerError` if a worker died.
+        """
+        if not self._waiting_ready:
+            return
+        pending = list(self._conns)
+        try:
+            while pending:
+                for conn in wait(pending):
+                    k, ok, value = self._recv(conn)
+                    pending.remove(conn)
+                    if not ok:
+                        raise value
+        except BaseException:
+            self._broken = True
+            raise
+        self._waiting_ready = False
 
     def map(self, fn: Callable[[Any], Any], tasks: Iterable[Any],
             ahead: int | None = None) -> Iterator[Any]:
@@ -137,6 +167,7 @@ class Workers:
         if ahead < 1:
             raise ValueError(f"ahead must be >= 1, got {ahead}")
         self._busy = True
+        self._waiting_ready = False  # ready reports still to come are dropped by `_receive`
         source = iter(tasks)
         base = self._next_id
         sent = done = 0  # tasks queued so far; tasks yielded so far (ids from `base`)
@@ -169,17 +200,20 @@ class Workers:
         """Waits for at least one result (dropping those of earlier maps, abandoned before
         their end); a closed pipe means its worker died."""
         for conn in wait(self._conns):
-            try:
-                k, ok, value = conn.recv()
-            except EOFError:
-                i = self._conns.index(conn)
-                p = self._procs[i]
-                p.join(timeout=5)
-                self._broken = True
-                raise WorkerError(f"worker process {p.pid} exited unexpectedly (exit code "
-                                  f"{p.exitcode}) with tasks unfinished") from None
-            if k >= base:
+            k, ok, value = self._recv(conn)
+            if k >= base:  # a ready report (id -1) or a result of an earlier map is dropped
                 ready[k] = (ok, value)
+
+    def _recv(self, conn: Any) -> tuple[int, bool, Any]:
+        """One message from a worker's pipe; a closed pipe means the worker died."""
+        try:
+            return conn.recv()
+        except EOFError:
+            p = self._procs[self._conns.index(conn)]
+            p.join(timeout=5)
+            self._broken = True
+            raise WorkerError(f"worker process {p.pid} exited unexpectedly (exit code "
+                              f"{p.exitcode})") from None
 
     def close(self) -> None:
         """Lets every worker finish what is queued (results not taken are dropped, so that no

@@ -64,6 +64,40 @@ def test_init_runs_in_every_worker_before_its_tasks():
         assert list(pool.map(_read_state, range(5))) == [100, 101, 102, 103, 104]
 
 
+def _init_slowly(folder: str) -> None:
+    time.sleep(0.5)
+    with open(os.path.join(folder, str(os.getpid())), "w") as f:
+        f.write("set up")
+
+
+def _exit_3() -> None:
+    os._exit(3)
+
+
+def test_wait_ready_returns_once_every_worker_is_set_up(tmp_path):
+    with Workers(3, _init_slowly, (str(tmp_path),), context=_ctx()) as pool:
+        assert len(list(tmp_path.iterdir())) < 3  # set-up still running
+        pool.wait_ready()
+        assert len(list(tmp_path.iterdir())) == 3
+        pool.wait_ready()  # a second call returns at once
+        assert list(pool.map(abs, [-1, -2])) == [1, 2]
+        pool.wait_ready()  # and so does one after a map
+
+
+def test_a_failed_set_up_is_raised_by_wait_ready():
+    with Workers(2, _fail_init, context=_ctx()) as pool:
+        with pytest.raises(ValueError, match="no layout named 'xx'"):
+            pool.wait_ready()
+        with pytest.raises(RuntimeError, match="closed or failed"):
+            list(pool.map(abs, [1]))
+
+
+def test_a_worker_that_dies_in_set_up_is_an_error_from_wait_ready():
+    with Workers(2, _exit_3, context=_ctx()) as pool:
+        with pytest.raises(WorkerError, match=r"exited unexpectedly \(exit code 3\)"):
+            pool.wait_ready()
+
+
 def test_tasks_are_read_lazily_with_bounded_look_ahead():
     pulled = []
 
