@@ -372,6 +372,8 @@ def run_simulate(job: SimulateJob, progress: bool = False,
 
             for res in pool.map(_simulate_chunk, chunk_tasks()):
                 handle(res, lines.popleft())
+        if pool is not None:
+            pool.stop()  # the workers exit while the output is checked and committed
         summary.written = writer.count
         summary.rejected = rejects.count if rejects else 0
         # Every input line must be accounted for; count them apart from the reader (a fast
@@ -384,6 +386,9 @@ def run_simulate(job: SimulateJob, progress: bool = False,
             )
         if bar is not None:  # rejected lines after the last record
             bar.update(max(0, summary.records_in - bar.n))
+        for w in (writer, m2_writer, rejects):
+            if w is not None:
+                w.close()
         finished = True
     except BaseException:
         for w in (writer, m2_writer, rejects):
@@ -398,8 +403,5 @@ def run_simulate(job: SimulateJob, progress: bool = False,
                 pool.terminate()
         if bar is not None:
             bar.close()
-    for w in (writer, m2_writer, rejects):
-        if w is not None:
-            w.close()
     summary.seconds = time.perf_counter() - t0
     return summary

@@ -113,6 +113,7 @@ class Workers:
         self._waiting_ready = True  # each pipe's first message is its worker's ready report
         self._next_id = 0  # task ids run across maps, so a left-over result is never mistaken
         self._broken = False
+        self._stopping = False  # the exit sentinels are queued
 
     def __enter__(self) -> Workers:
         return self
@@ -161,8 +162,8 @@ class Workers:
         """
         if self._busy:
             raise RuntimeError("Workers.map is already running")
-        if self._broken or not self._procs:
-            raise RuntimeError("these workers are closed or failed; start new ones")
+        if self._broken or self._stopping or not self._procs:
+            raise RuntimeError("these workers are stopped, closed or failed; start new ones")
         ahead = ahead or 2 * len(self._procs)
         if ahead < 1:
             raise ValueError(f"ahead must be >= 1, got {ahead}")
@@ -215,11 +216,19 @@ class Workers:
             raise WorkerError(f"worker process {p.pid} exited unexpectedly (exit code "
                               f"{p.exitcode})") from None
 
+    def stop(self) -> None:
+        """Tells every worker to exit once the tasks queued so far are done, without waiting
+        (so that the caller can finish its own work meanwhile); `close` then waits. No `map`
+        can follow."""
+        if not self._stopping:
+            self._stopping = True
+            for _ in self._procs:
+                self._tasks.put(None)
+
     def close(self) -> None:
         """Lets every worker finish what is queued (results not taken are dropped, so that no
         worker blocks on a full pipe) and waits for them."""
-        for _ in self._procs:
-            self._tasks.put(None)
+        self.stop()
         open_ = list(self._conns)
         while open_:
             for conn in wait(open_):

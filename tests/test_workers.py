@@ -169,6 +169,16 @@ def test_a_map_left_early_does_not_leak_into_the_next():
         assert list(pool.map(abs, [-1, -2, -3])) == [1, 2, 3]
 
 
+def test_stop_lets_the_workers_go_and_close_waits_for_them():
+    pool = Workers(2, context=_ctx())
+    assert list(pool.map(abs, [-1, -2])) == [1, 2]
+    pool.stop()
+    pool.stop()  # once is enough; a second call changes nothing
+    with pytest.raises(RuntimeError, match="stopped"):
+        list(pool.map(abs, [1]))
+    pool.close()
+
+
 def test_after_a_failure_the_workers_refuse_more_work():
     with Workers(1, context=_ctx()) as pool:
         with pytest.raises(ValueError):
