@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from keyboard_sim.channels import Channel as C
 from keyboard_sim.io import (
+    WRITE_BEHIND,
     AtomicFile,
     InputError,
     JsonlWriter,
@@ -293,6 +294,41 @@ def test_atomic_write_replaces_and_creates_folders(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert target.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_write_behind_keeps_the_bytes_and_the_atomicity(tmp_path, monkeypatch):
+    calls = []
+    if hasattr(os, "posix_fadvise"):
+        real = os.posix_fadvise
+        monkeypatch.setattr(os, "posix_fadvise", lambda *a: (calls.append(a[1:3]), real(*a)))
+    target = tmp_path / "out.bin"
+    with AtomicFile(target, "wb") as af:
+        af.file.write(b"a" * 100)
+        af.write_behind(at_least=1000)  # not enough new bytes yet
+        af.file.write(b"b" * 2000)
+        af.write_behind(at_least=1000)
+        af.file.write(b"c" * 10)
+        af.write_behind()
+        af.write_behind()  # nothing new
+        assert not target.exists()
+    assert target.read_bytes() == b"a" * 100 + b"b" * 2000 + b"c" * 10
+    if hasattr(os, "posix_fadvise"):
+        assert calls == [(0, 2100), (2100, 10)]  # each byte range handed over once
+
+
+def test_a_large_jsonl_output_is_written_behind_and_whole(tmp_path):
+    pairs = _pairs()
+    line_bytes = b"".join(json_line(p.to_dict()).encode() for p in pairs)
+    target = tmp_path / "out.jsonl"
+    repeats = (3 << 20) // len(line_bytes) + 1  # > 3 MiB: write-behind runs
+    with JsonlWriter(target) as w:
+        for _ in range(repeats):
+            w.write_bytes(line_bytes, len(pairs))
+        behind = w._af._behind
+    total = len(line_bytes) * repeats
+    if hasattr(os, "posix_fadvise"):  # all but the last MiB or less handed to the disk
+        assert total - WRITE_BEHIND <= behind <= total
+    assert target.read_bytes() == line_bytes * repeats
 
 
 def test_parquet_writer_leaves_nothing_on_error(tmp_path):
