@@ -122,22 +122,22 @@ _WORKER: dict[str, Any] = {}
 
 def _init_worker(layout: str, profile: dict, seed: int, touches: bool, fmt: str, m2: bool,
                  stats: bool) -> None:
-    """Builds the layout and profile once per worker process (spawn-safe: plain arguments)."""
+    """Builds the layout, the profile and every lazily built table (lexicon, layout grids)
+    once per process, before its first record, so that set-up is timed apart from the work
+    (spawn-safe: plain arguments)."""
+    from keyboard_sim.engine import Engine
     from keyboard_sim.layout import load_layout
     from keyboard_sim.profile import TypistProfile
 
     _WORKER.update(layout=load_layout(layout), profile=TypistProfile.from_dict(profile),
                    seed=seed, touches=touches, fmt=fmt, m2=m2, stats=stats)
+    Engine(_WORKER["layout"], _WORKER["profile"]).prepare()
 
 
 def _init_pool_worker(*args: Any) -> None:
-    """`_init_worker` in a worker process, which then builds its tables itself (see
-    `run_simulate`)."""
-    from keyboard_sim.engine import Engine
-
+    """`_init_worker` in a worker process (see `run_simulate`)."""
     keep_heap()
     _init_worker(*args)
-    Engine(_WORKER["layout"], _WORKER["profile"]).prepare()
 
 
 def keep_heap() -> None:
@@ -273,12 +273,7 @@ def run_simulate(job: SimulateJob, progress: bool = False,
     finished = False
     try:
         if job.workers == 1:
-            # Build the lazily loaded tables (lexicon, layout grids) here, before the first
-            # record, so that set-up is timed apart from the work.
-            from keyboard_sim.engine import Engine
-
             _init_worker(*init_args)
-            Engine(_WORKER["layout"], _WORKER["profile"]).prepare()
         else:
             # Each worker builds its own tables (all at once, one per core) and set-up ends
             # when every worker is ready. Tables built here and inherited by forked workers
